@@ -1,0 +1,375 @@
+"""Datasets as uint8 tensors on the training device, and whole-batch augmentation (airbench-style).
+
+Every dataset loads to `images` (N, H, W, 3) uint8 (NHWC, so a normalised batch permuted to NCHW is
+already channels_last) and `labels` (N,) int64. Training batches are cropped, flipped, lit and
+normalised on the device in a handful of batched tensor ops: no PIL, no per-image Python, no workers.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from config import DataConfig
+
+NATIVE_SIZE = {"cifar10": 32, "cifar100": 32, "tinyimagenet": 64, "synthetic": 32, "folder": 32}
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+TINY_URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
+SYNTHETIC_CLASSES = ("disk", "square", "triangle", "ring", "cross", "hstripes", "vstripes", "diagonal",
+                     "checker", "diamond")
+CACHE_VERSION = 1  # bump when the cache format or decoding changes
+
+
+class DataError(RuntimeError):
+    """A dataset that cannot be found, downloaded or read; the message says how to fix it."""
+
+
+@dataclass
+class ImageSet:
+    images: torch.Tensor  # (N, H, W, 3) uint8
+    labels: torch.Tensor  # (N,) int64
+    classes: list[str]
+
+
+@dataclass
+class Stats:
+    """Per-channel statistics of the training split, in [0, 1] pixel units."""
+    mean: torch.Tensor  # (3,)
+    std: torch.Tensor  # (3,)
+    eigval: torch.Tensor  # (3,) RGB covariance eigenvalues (PCA lighting)
+    eigvec: torch.Tensor  # (3, 3) columns are eigenvectors
+
+    def to(self, device) -> "Stats":
+        return Stats(*(t.to(device) for t in (self.mean, self.std, self.eigval, self.eigvec)))
+
+    def state(self) -> dict:
+        return {"mean": self.mean.cpu(), "std": self.std.cpu(), "eigval": self.eigval.cpu(), "eigvec": self.eigvec.cpu()}
+
+
+def image_size(cfg: DataConfig) -> int:
+    return cfg.image_size or NATIVE_SIZE[cfg.name]
+
+
+# ---------------------------------------------------------------------------------------------
+# Synthetic data: ten procedurally drawn classes, learnable, deterministic, offline.
+
+def make_synthetic(n: int, size: int, num_classes: int, seed: int) -> ImageSet:
+    """n images (balanced over classes) of random-coloured shapes/textures with position, scale and noise."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % num_classes
+    labels = labels[torch.randperm(n, generator=g)]
+    coords = (torch.arange(size, dtype=torch.float32) + 0.5) / size  # pixel centres in (0, 1)
+    Y, X = coords[:, None], coords[None, :]  # (S, 1), (1, S)
+    out = torch.empty(n, size, size, 3, dtype=torch.uint8)
+    for start in range(0, n, 1024):
+        lab = labels[start:start + 1024]
+        b = lab.numel()
+        r = lambda *s: torch.rand(*s, generator=g)  # noqa: E731
+        cx, cy = (0.3 + 0.4 * r(b))[:, None, None], (0.3 + 0.4 * r(b))[:, None, None]
+        rad = (0.18 + 0.14 * r(b))[:, None, None]
+        u, v = (X - cx) / rad, (Y - cy) / rad  # (b, S, S) shape-centred coordinates
+        freq = (10 + 10 * r(b))[:, None, None]
+        phase = (2 * math.pi * r(b))[:, None, None]
+        masks = [
+            u ** 2 + v ** 2 < 1,  # disk
+            torch.maximum(u.abs(), v.abs()) < 0.8,  # square
+            (v < 0.8) & (u.abs() < (v + 0.8) * 0.55),  # triangle
+            ((u ** 2 + v ** 2) < 1) & ((u ** 2 + v ** 2) > 0.4),  # ring
+            ((u.abs() < 0.3) & (v.abs() < 1)) | ((v.abs() < 0.3) & (u.abs() < 1)),  # cross
+            torch.sin(Y * freq + phase).expand(b, size, size) > 0,  # horizontal stripes
+            torch.sin(X * freq + phase).expand(b, size, size) > 0,  # vertical stripes
+            torch.sin((X + Y) * freq * 0.7 + phase) > 0,  # diagonal stripes
+            torch.sin(X * freq * 0.6 + phase) * torch.sin(Y * freq * 0.6) > 0,  # checkerboard
+            u.abs() + v.abs() < 1,  # diamond
+        ]
+        mask = torch.stack(masks, 1)[torch.arange(b), lab]  # (b, S, S)
+        bg = r(b, 3)
+        fg = (bg + 0.35 + 0.3 * r(b, 3)) % 1.0  # always differs from the background
+        img = torch.where(mask[..., None], fg[:, None, None, :], bg[:, None, None, :])
+        img = img + 0.08 * torch.randn(img.shape, generator=g)
+        out[start:start + b] = (img.clamp(0, 1) * 255).round().to(torch.uint8)
+    return ImageSet(out, labels.long(), list(SYNTHETIC_CLASSES[:num_classes]))
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoding image files (image folders, Tiny ImageNet), with a tensor cache.
+
+def _decode(path: str, size: int) -> torch.Tensor:
+    """One file -> (size, size, 3) uint8: short side resized to `size`, then centre-cropped."""
+    from torchvision.io import ImageReadMode, decode_image, read_file
+    from torchvision.transforms.v2 import functional as TF
+
+    try:
+        img = decode_image(read_file(path), mode=ImageReadMode.RGB)  # (3, H, W)
+    except RuntimeError as e:
+        raise DataError(f"cannot decode image {path}: {e}; remove or replace the file") from None
+    if img.shape[1:] != (size, size):
+        img = TF.center_crop(TF.resize(img, size, antialias=True), [size, size])
+    return img.permute(1, 2, 0)
+
+
+def _decode_all(paths: list[str], size: int) -> torch.Tensor:
+    out = torch.empty(len(paths), size, size, 3, dtype=torch.uint8)
+    if not paths:
+        return out
+
+    def work(i: int) -> None:
+        out[i] = _decode(paths[i], size)
+
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        list(pool.map(work, range(len(paths)), chunksize=256))
+    return out
+
+
+def _cached(cfg: DataConfig, tag: str, files: list[tuple[str, int]], classes: list[str], size: int) -> ImageSet:
+    """Decode `files` [(path, label)] once; reuse the cached tensors while paths, sizes and mtimes match."""
+    h = hashlib.sha1(f"v{CACHE_VERSION}|{size}|{classes}".encode())
+    for path, label in files:
+        st = os.stat(path)
+        h.update(f"{path}|{label}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    signature = h.hexdigest()
+    root_id = hashlib.sha1(os.path.abspath(cfg.root).encode()).hexdigest()[:10]
+    cache = os.path.join(cfg.cache_dir, f"{cfg.name}-{tag}-{size}px-{root_id}.pt")
+    if os.path.isfile(cache):
+        try:
+            blob = torch.load(cache, weights_only=True)
+            if blob.get("signature") == signature:
+                return ImageSet(blob["images"], blob["labels"], list(blob["classes"]))
+        except Exception:  # a truncated or stale cache is rebuilt, never trusted
+            pass
+    images = _decode_all([p for p, _ in files], size)
+    labels = torch.tensor([lab for _, lab in files], dtype=torch.long)
+    os.makedirs(cfg.cache_dir, exist_ok=True)
+    tmp = cache + ".tmp"
+    torch.save({"signature": signature, "images": images, "labels": labels, "classes": classes}, tmp)
+    os.replace(tmp, cache)
+    return ImageSet(images, labels, classes)
+
+
+def _list_class_folders(split_dir: str) -> tuple[list[tuple[str, int]], list[str]]:
+    classes = sorted(e.name for e in os.scandir(split_dir) if e.is_dir())
+    files = []
+    for label, cls in enumerate(classes):
+        for e in sorted(os.scandir(os.path.join(split_dir, cls)), key=lambda e: e.name):
+            if e.is_file() and e.name.lower().endswith(IMAGE_EXTS):
+                files.append((e.path, label))
+    return files, classes
+
+
+def load_folder(cfg: DataConfig, split: str) -> ImageSet:
+    """Image-folder tree: root/train/<class>/* and optionally root/test/<class>/*."""
+    split_dir = os.path.join(cfg.root, split)
+    if not os.path.isdir(split_dir):
+        hint = ("point data.root at the folder that contains train/<class>/ images"
+                if split == "train" else "this dataset has no test/ folder; evaluate with --split val")
+        raise DataError(f"image folder {split_dir} not found: {hint}")
+    files, classes = _list_class_folders(split_dir)
+    if not files:
+        raise DataError(f"no images ({', '.join(IMAGE_EXTS)}) under {split_dir}/<class>/; check data.root")
+    return _cached(cfg, split, files, classes, image_size(cfg))
+
+
+def _tiny_root(cfg: DataConfig, download: bool) -> str:
+    for cand in (cfg.root, os.path.join(cfg.root, "tiny-imagenet-200")):
+        if os.path.isfile(os.path.join(cand, "wnids.txt")):
+            return cand
+    if not download:
+        raise DataError(f"Tiny ImageNet not found under {cfg.root}")
+    from torchvision.datasets.utils import download_and_extract_archive
+
+    try:
+        download_and_extract_archive(TINY_URL, download_root=cfg.root)
+    except Exception as e:
+        raise DataError(f"Tiny ImageNet is not under data.root={cfg.root} and downloading {TINY_URL} failed "
+                        f"({type(e).__name__}); download and unzip it there, or set data.root to the folder "
+                        "holding wnids.txt") from None
+    return os.path.join(cfg.root, "tiny-imagenet-200")
+
+
+def load_tinyimagenet(cfg: DataConfig, split: str) -> ImageSet:
+    """Official layout: wnids.txt, train/<wnid>/images/*.JPEG, val/images + val/val_annotations.txt.
+
+    Tiny ImageNet's test labels are not public, so split="test" reads the official (labelled) val set.
+    """
+    root = _tiny_root(cfg, download=True)
+    with open(os.path.join(root, "wnids.txt")) as f:
+        classes = [line.strip() for line in f if line.strip()]
+    index = {w: i for i, w in enumerate(classes)}
+    files = []
+    if split == "train":
+        for w in classes:
+            img_dir = os.path.join(root, "train", w, "images")
+            if not os.path.isdir(img_dir):
+                raise DataError(f"Tiny ImageNet folder {img_dir} is missing; the download may be incomplete")
+            files += [(e.path, index[w]) for e in sorted(os.scandir(img_dir), key=lambda e: e.name)
+                      if e.name.lower().endswith(IMAGE_EXTS)]
+    else:
+        ann = os.path.join(root, "val", "val_annotations.txt")
+        if not os.path.isfile(ann):
+            raise DataError(f"{ann} not found; Tiny ImageNet's val labels come from it")
+        with open(ann) as f:
+            for line in f:
+                parts = line.split("\t")
+                if len(parts) >= 2 and parts[1] in index:
+                    files.append((os.path.join(root, "val", "images", parts[0]), index[parts[1]]))
+    return _cached(cfg, split, files, classes, image_size(cfg))
+
+
+def load_cifar(cfg: DataConfig, split: str) -> ImageSet:
+    """CIFAR-10/100 through torchvision (downloads into data.root when missing)."""
+    from torchvision import datasets
+
+    cls = datasets.CIFAR10 if cfg.name == "cifar10" else datasets.CIFAR100
+    try:
+        ds = cls(cfg.root, train=split == "train", download=True)
+    except Exception as e:
+        folder = "cifar-10-batches-py" if cfg.name == "cifar10" else "cifar-100-python"
+        raise DataError(f"{cfg.name} is not under data.root={cfg.root} and downloading it failed "
+                        f"({type(e).__name__}); set data.root to a folder containing {folder}/, or use "
+                        "data.name=folder for an image-folder copy, or data.name=synthetic offline") from None
+    images = torch.from_numpy(ds.data)  # (N, 32, 32, 3) uint8
+    size = image_size(cfg)
+    if size != images.shape[1]:
+        images = F.interpolate(images.permute(0, 3, 1, 2).float(), size=(size, size), mode="bilinear",
+                               antialias=True).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+    return ImageSet(images.contiguous(), torch.tensor(ds.targets, dtype=torch.long), list(ds.classes))
+
+
+def load_split(cfg: DataConfig, split: str) -> ImageSet:
+    """The full `train` or `test` split of the configured dataset, on the CPU."""
+    assert split in ("train", "test"), split
+    if cfg.name == "synthetic":
+        n = cfg.synthetic_size if split == "train" else max(cfg.synthetic_size // 5, cfg.synthetic_classes)
+        return make_synthetic(n, image_size(cfg), cfg.synthetic_classes, seed=1234 if split == "train" else 4321)
+    if cfg.name in ("cifar10", "cifar100"):
+        return load_cifar(cfg, split)
+    if cfg.name == "tinyimagenet":
+        return load_tinyimagenet(cfg, split)
+    return load_folder(cfg, split)
+
+
+# ---------------------------------------------------------------------------------------------
+# Splits and statistics
+
+def split_indices(labels: torch.Tensor, val_fraction: float, subset: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded, class-balanced (train_idx, val_idx); `subset` > 0 keeps that many training images."""
+    g = torch.Generator().manual_seed(seed)
+    classes = labels.unique()
+    train, val = [], []
+    per_class_subset = None
+    if subset:
+        per_class_subset = [subset // len(classes) + (i < subset % len(classes)) for i in range(len(classes))]
+    for i, c in enumerate(classes):
+        idx = (labels == c).nonzero().flatten()
+        idx = idx[torch.randperm(len(idx), generator=g)]
+        n_val = int(round(len(idx) * val_fraction))
+        val.append(idx[:n_val])
+        rest = idx[n_val:]
+        train.append(rest[:per_class_subset[i]] if per_class_subset else rest)
+    return torch.cat(train).sort().values, torch.cat(val).sort().values
+
+
+def compute_stats(images: torch.Tensor, max_images: int = 10000) -> Stats:
+    """Mean/std per channel and the RGB covariance eigen-decomposition (for PCA lighting)."""
+    step = max(1, len(images) // max_images)
+    px = images[::step].reshape(-1, 3).double() / 255.0  # (P, 3)
+    mean = px.mean(0)
+    cov = torch.cov(px.T)
+    eigval, eigvec = torch.linalg.eigh(cov)
+    return Stats(mean.float(), px.std(0).clamp_min(1e-3).float(), eigval.clamp_min(0).float(), eigvec.float())
+
+
+@dataclass
+class DataBundle:
+    train: ImageSet  # on the training device
+    val: ImageSet  # on the training device (may be empty when val_fraction == 0)
+    stats: Stats  # on the training device
+    image_size: int
+
+
+def load_data(cfg: DataConfig, device: torch.device) -> DataBundle:
+    """Load the training split, carve validation, compute stats and move everything to `device`."""
+    full = load_split(cfg, "train")
+    tr, va = split_indices(full.labels, cfg.val_fraction, cfg.subset, cfg.split_seed)
+    if len(tr) == 0:
+        raise DataError("the training split is empty; lower data.val_fraction or raise data.subset")
+    stats = compute_stats(full.images[tr])
+    take = lambda idx: ImageSet(full.images[idx].to(device), full.labels[idx].to(device), full.classes)  # noqa: E731
+    return DataBundle(take(tr), take(va), stats.to(device), full.images.shape[1])
+
+
+# ---------------------------------------------------------------------------------------------
+# Whole-batch augmentation on the device
+
+def crop_flip(x: torch.Tensor, padding: int, flip: bool, gen: torch.Generator) -> torch.Tensor:
+    """Random translation (zero-pad then crop back) and horizontal flip of (B, H, W, C), as one gather."""
+    B, H, W, _ = x.shape
+    dev = x.device
+    if padding:
+        x = F.pad(x, (0, 0, padding, padding, padding, padding))
+    dy = torch.randint(0, 2 * padding + 1, (B, 1), generator=gen, device=dev)
+    dx = torch.randint(0, 2 * padding + 1, (B, 1), generator=gen, device=dev)
+    cols = torch.arange(W, device=dev)[None, :].expand(B, W)
+    if flip:
+        flipped = torch.rand(B, 1, generator=gen, device=dev) < 0.5
+        cols = torch.where(flipped, W - 1 - cols, cols)
+    rows = torch.arange(H, device=dev)[None, :] + dy  # (B, H)
+    cols = cols + dx  # (B, W)
+    batch = torch.arange(B, device=dev)[:, None, None]
+    return x[batch, rows[:, :, None], cols[:, None, :]]  # (B, H, W, C)
+
+
+def color_jitter(x: torch.Tensor, strength: float, gen: torch.Generator) -> torch.Tensor:
+    """Random brightness, contrast and saturation factors in [1-s, 1+s] per image; x in [0, 1], (B, H, W, 3)."""
+    B = x.shape[0]
+    f = 1 + strength * (2 * torch.rand(3, B, 1, 1, 1, generator=gen, device=x.device) - 1)
+    gray_w = torch.tensor([0.299, 0.587, 0.114], device=x.device, dtype=x.dtype)
+    x = x * f[0]
+    mean = (x @ gray_w).mean((1, 2))[:, None, None, None]
+    x = (x - mean) * f[1] + mean
+    gray = (x @ gray_w)[..., None]
+    x = (x - gray) * f[2] + gray
+    return x.clamp_(0, 1)
+
+
+def cutout(x: torch.Tensor, size: int, gen: torch.Generator) -> torch.Tensor:
+    """Zero a random size x size square (centre anywhere in the image, clipped at edges) per image."""
+    B, H, W, _ = x.shape
+    cy = torch.randint(0, H, (B, 1, 1), generator=gen, device=x.device)
+    cx = torch.randint(0, W, (B, 1, 1), generator=gen, device=x.device)
+    ys = torch.arange(H, device=x.device)[None, :, None]
+    xs = torch.arange(W, device=x.device)[None, None, :]
+    inside = ((ys - cy).abs() * 2 < size) & ((xs - cx).abs() * 2 < size)  # (B, H, W)
+    return x.masked_fill(inside[..., None], 0.0)
+
+
+def prepare(x: torch.Tensor, stats: Stats, cfg: DataConfig | None = None, gen: torch.Generator | None = None,
+            channels_last: bool = True) -> torch.Tensor:
+    """(B, H, W, 3) uint8 -> normalised float (B, 3, H, W); augments when `cfg` (with `gen`) is given."""
+    if cfg is not None and (cfg.crop_padding or cfg.flip):
+        x = crop_flip(x, cfg.crop_padding, cfg.flip, gen)
+    x = x.float().div_(255.0)
+    if cfg is not None and cfg.color_jitter:
+        x = color_jitter(x, cfg.color_jitter, gen)
+    if cfg is not None and cfg.pca_lighting:
+        alpha = torch.randn(x.shape[0], 3, generator=gen, device=x.device) * cfg.pca_lighting
+        shift = (alpha * stats.eigval) @ stats.eigvec.T  # (B, 3): sum_i alpha_i lambda_i p_i
+        x += shift[:, None, None, :]
+    x = (x - stats.mean) / stats.std
+    if cfg is not None and cfg.cutout:
+        x = cutout(x, cfg.cutout, gen)
+    x = x.permute(0, 3, 1, 2)  # (B, 3, H, W) view; NHWC storage == channels_last
+    return x if channels_last else x.contiguous()
+
+
+def train_batches(n: int, batch_size: int, gen: torch.Generator, device) -> list[torch.Tensor]:
+    """Index tensors for one epoch: a seeded permutation cut into full batches (the ragged tail is dropped)."""
+    perm = torch.randperm(n, generator=gen, device=device)
+    if n < batch_size:
+        return [perm]
+    return list(perm[: n - n % batch_size].split(batch_size))
