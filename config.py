@@ -108,7 +108,7 @@ class TrainConfig:
 @dataclass
 class Config:
     name: str = "alexnet"  # experiment name (run directory prefix)
-    seed: int = 0  # seeds data split, order, augmentation, init and dropout
+    seed: int = 0  # seeds init, data order, augmentation and dropout (the val split uses data.split_seed)
     out_dir: str = "runs"  # parent of run directories (TensorBoard --logdir)
     run_dir: str = ""  # explicit run directory; "" = {out_dir}/{name}-{timestamp}
     device: str = choice("auto", ("auto", "cpu", "cuda", "mps"))  # auto = cuda if available, else cpu
@@ -175,9 +175,9 @@ def parse_overrides(items: list[str]) -> dict:
 # ---------------------------------------------------------------------------------------------
 # Building dataclasses strictly from plain dicts
 
-def _closest(name: str, options: list[str]) -> str:
+def _closest(name: str, options: list[str], prefix: str = "") -> str:
     hit = difflib.get_close_matches(name, options, n=1, cutoff=0.5)
-    return f"; did you mean `{hit[0]}`?" if hit else f"; valid keys: {', '.join(options)}"
+    return f"; did you mean `{prefix}{hit[0]}`?" if hit else f"; valid keys: {', '.join(prefix + o for o in options)}"
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
@@ -219,7 +219,7 @@ def build(cls: type, raw: dict, prefix: str = "") -> Any:
     kwargs = {}
     for key, value in raw.items():
         if key not in fields:
-            raise ConfigError(f"unknown config key `{prefix}{key}`{_closest(str(key), list(fields))}")
+            raise ConfigError(f"unknown config key `{prefix}{key}`{_closest(str(key), list(fields), prefix)}")
         tp = hints[key]
         if dataclasses.is_dataclass(tp):
             kwargs[key] = build(tp, value, f"{prefix}{key}.")
@@ -333,3 +333,15 @@ def flat_items(cls: type = Config, prefix: str = "") -> list[tuple[str, str, Any
             note = f"{note} (one of: {', '.join(choices)})"
         rows.append((prefix + f.name, tname, default, note))
     return rows
+
+
+def markdown_reference() -> str:
+    """The README's config table, generated from the dataclasses so it cannot drift."""
+    lines = ["| key | type | default | meaning |", "|---|---|---|---|"]
+    for key, tname, default, note in flat_items():
+        lines.append(f"| `{key}` | {tname} | `{default!r}` | {note.replace('|', '/')} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(markdown_reference())

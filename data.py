@@ -100,17 +100,22 @@ def make_synthetic(n: int, size: int, num_classes: int, seed: int) -> ImageSet:
 # Decoding image files (image folders, Tiny ImageNet), with a tensor cache.
 
 def _decode(path: str, size: int) -> torch.Tensor:
-    """One file -> (size, size, 3) uint8: short side resized to `size`, then centre-cropped."""
-    from torchvision.io import ImageReadMode, decode_image, read_file
-    from torchvision.transforms.v2 import functional as TF
+    """One file -> (size, size, 3) uint8: short side resized to `size` (antialiased), then centre-cropped."""
+    import numpy as np
+    from PIL import Image
 
     try:
-        img = decode_image(read_file(path), mode=ImageReadMode.RGB)  # (3, H, W)
-    except RuntimeError as e:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            w, h = im.size
+            if (w, h) != (size, size):
+                scale = size / min(w, h)
+                im = im.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BICUBIC)
+                left, top = (im.size[0] - size) // 2, (im.size[1] - size) // 2
+                im = im.crop((left, top, left + size, top + size))
+            return torch.from_numpy(np.asarray(im).copy())
+    except (OSError, ValueError) as e:
         raise DataError(f"cannot decode image {path}: {e}; remove or replace the file") from None
-    if img.shape[1:] != (size, size):
-        img = TF.center_crop(TF.resize(img, size, antialias=True), [size, size])
-    return img.permute(1, 2, 0)
 
 
 def _decode_all(paths: list[str], size: int) -> torch.Tensor:

@@ -1,0 +1,143 @@
+"""Score a checkpoint: `python evaluate.py CKPT [--split val|test] [--tta none|flip|ten_crop] [--json FILE]`.
+
+Model and data are rebuilt from the checkpoint alone (dotted overrides such as data.root=... allowed).
+Prints top-1, top-5, loss and a per-class table, and writes a confusion-matrix PNG beside the checkpoint.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import torch
+import torch.nn.functional as F
+
+from config import ConfigError, load_config
+from data import DataError, ImageSet, Stats, load_split, split_indices
+from models import build_model
+from train import CheckpointError, load_checkpoint, predict, resolve_amp, resolve_device, score
+
+
+def tta_views(mode: str, padding: int):
+    """Batch (B, H, W, 3) uint8 -> list of views whose logits are averaged; None for a single view."""
+    if mode == "none":
+        return None
+    if mode == "flip":
+        return lambda x: [x, x.flip(2)]
+
+    def ten_crop(x: torch.Tensor) -> list[torch.Tensor]:
+        # The paper's four corners + centre, each also flipped. Images are stored at the model's input
+        # size, so the crops are taken from the zero-padded image the model saw in training.
+        B, H, W, _ = x.shape
+        p = padding or max(1, H // 8)
+        xp = F.pad(x, (0, 0, p, p, p, p))
+        crops = [xp[:, dy:dy + H, dx:dx + W] for dy, dx in ((0, 0), (0, 2 * p), (2 * p, 0), (2 * p, 2 * p), (p, p))]
+        return crops + [c.flip(2) for c in crops]
+
+    return ten_crop
+
+
+def evaluation_set(cfg, split: str) -> ImageSet:
+    """The validation split carved exactly as training carved it, or the dataset's test split."""
+    if split == "test":
+        return load_split(cfg.data, "test")
+    full = load_split(cfg.data, "train")
+    _, va = split_indices(full.labels, cfg.data.val_fraction, cfg.data.subset, cfg.data.split_seed)
+    if len(va) == 0:
+        raise DataError("the run has no validation split (data.val_fraction=0); use --split test")
+    return ImageSet(full.images[va], full.labels[va], full.classes)
+
+
+def evaluate(ckpt_path: str, split: str = "val", tta: str = "none", overrides: list[str] | None = None) -> dict:
+    """top1, top5, loss, n, per_class {class: accuracy}, confusion [[count]] for a checkpoint."""
+    ckpt = load_checkpoint(ckpt_path)
+    cfg = load_config(base=ckpt["config"], overrides=overrides)
+    device = resolve_device(cfg.device)
+    amp = resolve_amp(cfg.train.amp, device)
+    data = evaluation_set(cfg, split)
+    classes = list(ckpt["classes"])
+    if data.classes != classes:
+        raise DataError(f"the {split} data has classes {data.classes[:5]}... but the checkpoint was trained on "
+                        f"{classes[:5]}...; point data.root/data.name at the dataset the model was trained on")
+    if data.images.shape[1] != ckpt["image_size"]:
+        raise DataError(f"images are {data.images.shape[1]}px but the model was trained on {ckpt['image_size']}px; "
+                        f"set data.image_size={ckpt['image_size']}")
+    model = build_model(cfg.model, len(classes), ckpt["image_size"]).to(device)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise CheckpointError(f"{ckpt_path}: weights do not fit the model its config builds "
+                              f"({str(e).splitlines()[0][:160]}); do not override model.* when evaluating") from None
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    stats = Stats(**{k: v for k, v in ckpt["stats"].items()}).to(device)
+    logits = predict(model, data.images, stats, cfg.data.eval_batch_size, device, amp, cfg.train.channels_last,
+                     tta_views(tta, cfg.data.crop_padding)).cpu()
+    result = score(logits, data.labels)
+    k = len(classes)
+    confusion = torch.bincount(data.labels * k + logits.argmax(1), minlength=k * k).reshape(k, k)  # rows: true
+    per_class = (confusion.diag().float() / confusion.sum(1).clamp_min(1)).tolist()
+    result.update(n=len(data.labels), split=split, tta=tta, per_class=dict(zip(classes, per_class)),
+                  confusion=confusion.tolist(), classes=classes)
+    return result
+
+
+def plot_confusion(result: dict, path: str) -> None:
+    """Row-normalised confusion matrix as a small PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cm = torch.tensor(result["confusion"], dtype=torch.float)
+    cm = cm / cm.sum(1, keepdim=True).clamp_min(1)
+    k = len(result["classes"])
+    fig, ax = plt.subplots(figsize=(1.5 + 0.45 * min(k, 30), 1.2 + 0.45 * min(k, 30)), dpi=100)
+    ax.imshow(cm, cmap="Blues", vmin=0, vmax=1)
+    if k <= 30:
+        ax.set_xticks(range(k), result["classes"], rotation=90, fontsize=8)
+        ax.set_yticks(range(k), result["classes"], fontsize=8)
+        for i in range(k):
+            for j in range(k):
+                ax.text(j, i, f"{cm[i, j]:.2f}"[1:] if cm[i, j] < 1 else "1", ha="center", va="center", fontsize=6,
+                        color="white" if cm[i, j] > 0.5 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"{result['split']} top-1 {result['top1']:.4f} (n={result['n']})")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="Evaluate an alexnet-lab checkpoint.")
+    ap.add_argument("checkpoint")
+    ap.add_argument("--split", choices=["val", "test"], default="val",
+                    help="val: the run's held-out split (default); test: the dataset's test split")
+    ap.add_argument("--tta", choices=["none", "flip", "ten_crop"], default="none")
+    ap.add_argument("--json", metavar="FILE", help="write the metrics as JSON here")
+    ap.add_argument("overrides", nargs="*", metavar="key=value")
+    args = ap.parse_args(argv)
+    try:
+        r = evaluate(args.checkpoint, args.split, args.tta, args.overrides)
+    except (ConfigError, DataError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"{args.checkpoint} on {r['split']} (n={r['n']}, tta={r['tta']}): "
+          f"top-1 {r['top1']:.4f}  top-5 {r['top5']:.4f}  loss {r['loss']:.4f}")
+    width = max(len(c) for c in r["classes"])
+    for c, acc in r["per_class"].items():
+        print(f"  {c:<{width}}  {acc:.4f}")
+    png = os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), f"confusion_{r['split']}.png")
+    plot_confusion(r, png)
+    print(f"confusion matrix: {png}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({k: r[k] for k in ("top1", "top5", "loss", "n", "split", "tta", "per_class", "confusion")}, f,
+                      indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,164 @@
+import os
+
+import pytest
+import torch
+from PIL import Image
+
+import data as D
+from config import DataConfig
+
+
+def write_images(folder, n, size=(40, 36), fmt="JPEG", ext=".jpg", seed=0):
+    os.makedirs(folder, exist_ok=True)
+    g = torch.Generator().manual_seed(seed)
+    for i in range(n):
+        arr = torch.randint(0, 256, (size[1], size[0], 3), generator=g, dtype=torch.uint8).numpy()
+        Image.fromarray(arr).save(os.path.join(folder, f"{i:04d}{ext}"), fmt)
+
+
+def test_synthetic_is_deterministic_balanced_and_distinct():
+    a = D.make_synthetic(200, 32, 10, seed=3)
+    b = D.make_synthetic(200, 32, 10, seed=3)
+    c = D.make_synthetic(200, 32, 10, seed=4)
+    assert a.images.shape == (200, 32, 32, 3) and a.images.dtype == torch.uint8
+    assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
+    assert not torch.equal(a.images, c.images)
+    assert torch.bincount(a.labels).tolist() == [20] * 10
+    assert D.make_synthetic(20, 64, 4, seed=0).images.shape == (20, 64, 64, 3)
+
+
+def test_image_folder_loader_and_cache(tmp_path, monkeypatch):
+    root = tmp_path / "imgs"
+    write_images(root / "train" / "cat", 5)
+    write_images(root / "train" / "dog", 4, fmt="PNG", ext=".png")
+    write_images(root / "test" / "cat", 2)
+    write_images(root / "test" / "dog", 2)
+    (root / "train" / "cat" / "notes.txt").write_text("not an image")
+    cfg = DataConfig(name="folder", root=str(root), image_size=24, cache_dir=str(tmp_path / "cache"))
+    train = D.load_split(cfg, "train")
+    assert train.classes == ["cat", "dog"]
+    assert train.images.shape == (9, 24, 24, 3) and train.labels.tolist() == [0] * 5 + [1] * 4
+    assert D.load_split(cfg, "test").images.shape == (4, 24, 24, 3)
+
+    # Second load comes from the cache without decoding anything.
+    monkeypatch.setattr(D, "_decode_all", lambda *a: pytest.fail("cache was not used"))
+    assert torch.equal(D.load_split(cfg, "train").images, train.images)
+    monkeypatch.undo()
+
+    # Changing a file invalidates the cache.
+    write_images(root / "train" / "dog", 1, seed=99, fmt="PNG", ext=".png")
+    changed = D.load_split(cfg, "train")
+    assert not torch.equal(changed.images[5], train.images[5])
+    assert torch.equal(changed.images[6:], train.images[6:])
+
+
+def test_image_folder_errors(tmp_path):
+    cfg = DataConfig(name="folder", root=str(tmp_path / "nowhere"), cache_dir=str(tmp_path / "c"))
+    with pytest.raises(D.DataError, match="data.root"):
+        D.load_split(cfg, "train")
+    (tmp_path / "empty" / "train" / "a").mkdir(parents=True)
+    with pytest.raises(D.DataError, match="no images"):
+        D.load_split(DataConfig(name="folder", root=str(tmp_path / "empty")), "train")
+    bad = tmp_path / "bad" / "train" / "a"
+    bad.mkdir(parents=True)
+    (bad / "0.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(D.DataError, match="cannot decode"):
+        D.load_split(DataConfig(name="folder", root=str(tmp_path / "bad"), cache_dir=str(tmp_path / "c")), "train")
+
+
+def test_tinyimagenet_official_layout(tmp_path):
+    root = tmp_path / "tiny-imagenet-200"
+    wnids = ["n01443537", "n01629819", "n01641577"]
+    (root).mkdir()
+    (root / "wnids.txt").write_text("\n".join(wnids) + "\n")
+    for w in wnids:
+        write_images(root / "train" / w / "images", 3, size=(64, 64), fmt="JPEG", ext=".JPEG")
+    write_images(root / "val" / "images", 4, size=(64, 64), fmt="JPEG", ext=".JPEG")
+    names = sorted(os.listdir(root / "val" / "images"))
+    labels = [wnids[2], wnids[0], wnids[1], wnids[2]]
+    (root / "val" / "val_annotations.txt").write_text(
+        "".join(f"{n}\t{w}\t0\t0\t63\t63\n" for n, w in zip(names, labels)))
+    cfg = DataConfig(name="tinyimagenet", root=str(tmp_path), cache_dir=str(tmp_path / "cache"))
+    train = D.load_split(cfg, "train")
+    assert train.classes == wnids and train.images.shape == (9, 64, 64, 3)
+    assert train.labels.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    val = D.load_split(cfg, "test")
+    assert val.labels.tolist() == [2, 0, 1, 2]
+
+
+def test_cifar_offline_error_says_how_to_fix(tmp_path, monkeypatch):
+    import torchvision
+
+    def offline(*a, **k):
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)
+    with pytest.raises(D.DataError, match="data.root"):
+        D.load_split(DataConfig(name="cifar10", root=str(tmp_path)), "train")
+
+
+def test_split_is_seeded_balanced_and_disjoint():
+    labels = torch.arange(1000) % 10
+    tr, va = D.split_indices(labels, 0.1, 0, seed=0)
+    tr2, va2 = D.split_indices(labels, 0.1, 0, seed=0)
+    assert torch.equal(va, va2) and len(va) == 100 and len(tr) == 900
+    assert torch.bincount(labels[va]).tolist() == [10] * 10
+    assert not set(tr.tolist()) & set(va.tolist())
+    sub, _ = D.split_indices(labels, 0.1, 55, seed=0)
+    assert len(sub) == 55 and torch.bincount(labels[sub]).max() - torch.bincount(labels[sub]).min() <= 1
+    assert not torch.equal(D.split_indices(labels, 0.1, 0, seed=1)[1], va)
+
+
+def stats_for(images):
+    return D.compute_stats(images)
+
+
+def test_augmentation_shapes_dtype_and_seeded_determinism():
+    imgs = D.make_synthetic(16, 32, 10, seed=0).images
+    stats = stats_for(imgs)
+    cfg = DataConfig(crop_padding=4, flip=True, pca_lighting=0.1, color_jitter=0.4, cutout=8)
+    a = D.prepare(imgs, stats, cfg, torch.Generator().manual_seed(5))
+    b = D.prepare(imgs, stats, cfg, torch.Generator().manual_seed(5))
+    c = D.prepare(imgs, stats, cfg, torch.Generator().manual_seed(6))
+    assert a.shape == (16, 3, 32, 32) and a.dtype == torch.float32
+    assert a.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    plain = D.prepare(imgs, stats, channels_last=False)
+    assert plain.is_contiguous()
+    # Normalisation uses the training statistics: the un-augmented set is ~zero-mean, unit-std.
+    assert plain.mean((0, 2, 3)).abs().max() < 1e-3 and (plain.std((0, 2, 3)) - 1).abs().max() < 1e-2
+
+
+def test_crop_flip_moves_pixels_exactly():
+    x = torch.arange(2 * 5 * 6 * 3, dtype=torch.uint8).reshape(2, 5, 6, 3)
+    g = torch.Generator().manual_seed(0)
+    flipped = D.crop_flip(x, 0, True, g)
+    for i in range(2):
+        assert torch.equal(flipped[i], x[i]) or torch.equal(flipped[i], x[i].flip(1))
+    # With padding p every output is a p-bounded translation of the input, zero-filled at the border.
+    out = D.crop_flip(x, 2, False, torch.Generator().manual_seed(1))
+    padded = torch.nn.functional.pad(x, (0, 0, 2, 2, 2, 2))
+    for i in range(2):
+        assert any(torch.equal(out[i], padded[i, dy:dy + 5, dx:dx + 6]) for dy in range(5) for dx in range(5))
+    # Flips happen about half the time.
+    many = torch.arange(6, dtype=torch.uint8).reshape(1, 1, 6, 1).expand(1000, 1, 6, 1)
+    share = (D.crop_flip(many, 0, True, torch.Generator().manual_seed(2))[:, 0, 0, 0] == 5).float().mean()
+    assert 0.4 < share < 0.6
+
+
+def test_pca_lighting_is_a_per_image_colour_shift():
+    imgs = D.make_synthetic(8, 16, 10, seed=0).images
+    stats = stats_for(imgs)
+    base = D.prepare(imgs, stats)
+    lit = D.prepare(imgs, stats, DataConfig(pca_lighting=0.1), torch.Generator().manual_seed(0))
+    diff = (lit - base) * stats.std[None, :, None, None]  # back to [0, 1] pixel units
+    assert diff.abs().max() > 0
+    # The same RGB offset is added to every pixel of an image.
+    assert torch.allclose(diff, diff[:, :, :1, :1].expand_as(diff), atol=1e-5)
+
+
+def test_cutout_zeroes_a_square():
+    x = torch.ones(4, 16, 16, 3)
+    out = D.cutout(x, 6, torch.Generator().manual_seed(0))
+    zeros = (out[..., 0] == 0).sum((1, 2))
+    assert ((zeros > 0) & (zeros <= 36)).all()

@@ -1,0 +1,188 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import train as T
+from config import load_config
+from data import load_data
+from evaluate import evaluate
+
+PY = sys.executable
+
+
+def run_cli(args, timeout=300):
+    return subprocess.run([PY, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_one_step_lowers_the_loss(tiny):
+    cfg = load_config(None, tiny("model.dropout=0"))
+    torch.manual_seed(0)
+    data = load_data(cfg.data, torch.device("cpu"))
+    model = T.build_model(cfg.model, 10, 32)
+    opt = T.build_optimizer(model, cfg)
+    x = T.prepare(data.train.images[:64], data.stats)
+    y = data.train.labels[:64]
+    losses = []
+    for _ in range(2):
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[1] < losses[0]
+
+
+def test_quickstart_config_learns_far_above_chance(tiny):
+    # The real quickstart preset, shortened so the suite stays fast; validation top-1 chance is 0.10.
+    cfg = load_config("configs/quickstart.yaml", tiny()[-3:] + ["train.epochs=4", "train.progress=false"])
+    result = T.train(cfg)
+    assert result["best_val_top1"] > 0.5, result
+    for key in ("run_dir", "best_val_top1", "final_val_top1", "epochs", "best_checkpoint", "last_checkpoint"):
+        assert key in result
+    assert result["epochs"] == 4 and os.path.isfile(result["best_checkpoint"])
+
+
+def test_cli_prints_json_last_and_writes_run_artifacts(tiny, tmp_path):
+    p = run_cli(["train.py", *tiny("name=cli")])
+    assert p.returncode == 0, p.stderr
+    result = json.loads(p.stdout.strip().splitlines()[-1])
+    run = result["run_dir"]
+    assert 0 <= result["final_val_top1"] <= 1 and 0 <= result["best_val_top1"] <= 1
+    assert set(os.listdir(run)) >= {"best.pt", "config.yaml", "last.pt", "metrics.jsonl"}
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(run))
+    rows = [json.loads(line) for line in open(os.path.join(run, "metrics.jsonl"))]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    # The written config re-creates the run's config exactly.
+    assert load_config(os.path.join(run, "config.yaml")) == load_config(None, tiny("name=cli"))
+    ckpt = torch.load(result["last_checkpoint"], weights_only=True)
+    assert set(ckpt) >= {"model", "optimizer", "scheduler", "scaler", "epoch", "best_val_top1", "config",
+                         "classes", "stats", "rng"}
+    assert not any(k.startswith("_orig_mod") for k in ckpt["model"])
+
+
+def test_tensorboard_records_scalars_and_hparams(tiny):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    result = T.train(load_config(None, tiny()))
+    acc = EventAccumulator(result["run_dir"])
+    acc.Reload()
+    tags = acc.Tags()["scalars"]
+    for tag in ("train/loss", "val/top1", "val/top5", "val/loss", "lr", "perf/img_per_s", "perf/epoch_s"):
+        assert tag in tags
+    assert len(acc.Scalars("val/top1")) == 2
+    assert "_hparams_/experiment" in acc.summary_metadata
+
+
+def test_user_errors_exit_2_with_one_line(tiny, tmp_path):
+    p = run_cli(["train.py", *tiny("optim.lrr=0.1")])
+    assert p.returncode == 2 and "optim.lr" in p.stderr and "Traceback" not in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1
+    p = run_cli(["train.py", "--resume", str(tmp_path / "missing.pt")])
+    assert p.returncode == 2 and "not found" in p.stderr and "Traceback" not in p.stderr
+
+
+def final_weights(run_dir):
+    return torch.load(os.path.join(run_dir, "last.pt"), weights_only=True)["model"]
+
+
+def test_resume_after_kill_is_bit_identical(tiny, tmp_path):
+    args = tiny("data.synthetic_size=2400", "train.epochs=5", "data.crop_padding=2", "data.flip=true",
+                "data.pca_lighting=0.1", "model.dropout=0.5", "sched.name=multistep", "sched.milestones=[3]")
+    straight = tmp_path / "straight"
+    assert run_cli(["train.py", *args, f"run_dir={straight}"]).returncode == 0
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([PY, "train.py", *args, f"run_dir={killed}"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    metrics = killed / "metrics.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
+        time.sleep(0.05)
+    time.sleep(0.3)  # land somewhere inside epoch 3
+    assert proc.poll() is None, "the run finished before it could be killed; make it longer"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    ckpt = torch.load(killed / "last.pt", weights_only=True)
+    assert 2 <= ckpt["epoch"] < 5
+    p = run_cli(["train.py", "--resume", str(killed / "last.pt")])
+    assert p.returncode == 0, p.stderr
+    a, b = final_weights(straight), final_weights(killed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    rows = [json.loads(line)["epoch"] for line in open(metrics)]
+    assert rows == [1, 2, 3, 4, 5]
+
+
+def test_resume_can_extend_epochs(tiny, tmp_path):
+    run = tmp_path / "r"
+    T.train(load_config(None, tiny(f"run_dir={run}", "train.epochs=1")))
+    cfg = load_config(base=T.load_checkpoint(str(run / "last.pt"))["config"], overrides=["train.epochs=2"])
+    result = T.train(cfg, resume=str(run / "last.pt"))
+    assert result["epochs"] == 2 and T.load_checkpoint(result["last_checkpoint"])["epoch"] == 2
+
+
+def test_divergence_stops_with_exit_3_and_keeps_checkpoints(tiny, tmp_path):
+    run = tmp_path / "r"
+    assert run_cli(["train.py", *tiny(f"run_dir={run}", "train.epochs=1")]).returncode == 0
+    before = (run / "last.pt").read_bytes()
+    p = run_cli(["train.py", *tiny(f"run_dir={run}", "optim.lr=1e12", "model.init=paper", "train.log_every=2")])
+    assert p.returncode == 3, p.stderr
+    assert "step" in p.stderr and "lr=1e+12" in p.stderr and "optim.lr" in p.stderr
+    assert (run / "last.pt").read_bytes() == before
+
+
+def test_bf16_autocast_path_trains(tiny):
+    # bf16 autocast is the one AMP path on CPU; forward and loss run inside it, one optimizer step per batch.
+    cfg = load_config(None, tiny("train.amp=bf16", "train.epochs=1", "data.synthetic_size=200"))
+    steps, conv_dtypes = [], set()
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    handle = register_optimizer_step_post_hook(lambda opt, a, k: steps.append(1))
+
+    def record(module, args, out):
+        if isinstance(module, torch.nn.Conv2d) and torch.is_grad_enabled():
+            conv_dtypes.add(out.dtype)
+
+    fwd = torch.nn.modules.module.register_module_forward_hook(record)
+    try:
+        result = T.train(cfg)
+    finally:
+        handle.remove()
+        fwd.remove()
+    assert len(steps) == 160 // 32 and result["final_val_top1"] is not None
+    assert conv_dtypes == {torch.bfloat16}
+    assert T.resolve_amp("bf16", torch.device("cpu")) == torch.bfloat16
+    with pytest.raises(T.ConfigError, match="fp16"):
+        T.resolve_amp("fp16", torch.device("cpu"))
+
+
+def test_evaluate_json_matches_training_validation(tiny, tmp_path):
+    result = T.train(load_config(None, tiny()))
+    out = tmp_path / "e.json"
+    p = run_cli(["evaluate.py", result["last_checkpoint"], "--json", str(out)])
+    assert p.returncode == 0, p.stderr
+    r = json.loads(out.read_text())
+    assert set(r) >= {"top1", "top5", "loss", "n", "per_class", "confusion"}
+    assert r["n"] == 120 and sum(map(sum, r["confusion"])) == 120 and len(r["per_class"]) == 10
+    assert r["top1"] == pytest.approx(result["final_val_top1"], abs=1e-6)
+    assert os.path.isfile(os.path.join(result["run_dir"], "confusion_val.png"))
+    for tta in ("flip", "ten_crop"):
+        assert 0 <= evaluate(result["last_checkpoint"], "val", tta)["top1"] <= 1
+
+
+def test_evaluate_rejects_bad_checkpoints_and_other_classes(tiny, tmp_path):
+    result = T.train(load_config(None, tiny("train.epochs=1")))
+    trunc = tmp_path / "trunc.pt"
+    trunc.write_bytes(open(result["last_checkpoint"], "rb").read()[:2000])
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"state_dict": {}}, foreign)
+    for path, words in ((tmp_path / "nope.pt", "not found"), (trunc, "truncated"), (foreign, "not an alexnet-lab")):
+        p = run_cli(["evaluate.py", str(path)])
+        assert p.returncode == 2 and words in p.stderr and "Traceback" not in p.stderr
+    p = run_cli(["evaluate.py", result["last_checkpoint"], "data.synthetic_classes=5"])
+    assert p.returncode == 2 and "classes" in p.stderr
