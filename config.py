@@ -98,7 +98,8 @@ class TrainConfig:
     epochs: int = 20  # total training epochs
     amp: str = choice("auto", ("auto", "bf16", "fp16", "off"))  # auto: bf16 where native (CUDA, AVX512-BF16 CPUs), fp16 on older GPUs, else fp32
     channels_last: bool = True  # NHWC memory layout (faster convolutions on oneDNN and tensor cores)
-    compile: bool = False  # torch.compile the model (slower start, faster steps on GPU)
+    compile: bool = False  # torch.compile the model (slower start, faster steps on GPU; slower on CPU here)
+    malloc_tune: bool = True  # CPU on glibc: reuse freed activation memory instead of re-faulting it every step
     label_smoothing: float = 0.0  # cross-entropy label smoothing
     log_every: int = 50  # steps between progress-bar updates / non-finite checks (host syncs)
     progress: bool = True  # show a tqdm progress bar on stderr

@@ -77,6 +77,24 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=dtype)
 
 
+def tune_cpu_allocator() -> bool:
+    """Keep large freed blocks in glibc's heap (process-wide; Linux only).
+
+    By default glibc serves every activation-sized tensor with a fresh mmap and returns it on free, so
+    each training step page-faults and zero-fills ~1 GB anew; measured ~20% of a CPU step here.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+    return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 256 << 20))
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -275,6 +293,8 @@ def train(cfg: Config, trial=None, resume: str | None = None, data: DataBundle |
     amp = resolve_amp(cfg.train.amp, device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
+    if device.type == "cpu" and cfg.train.malloc_tune:
+        tune_cpu_allocator()
     ckpt = load_checkpoint(resume) if resume else None
     if ckpt is not None:
         cfg.run_dir = os.path.dirname(os.path.abspath(resume))
