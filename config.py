@@ -45,6 +45,7 @@ class ModelConfig:
     dropout: float = 0.5  # dropout probability before each hidden FC layer; 0 disables
     head: str = choice("fc", ("fc", "gap"))  # fc: fc6, fc7, classifier; gap: global average pool + one linear
     fc_widths: list[int] = field(default_factory=lambda: [4096, 4096])  # hidden FC widths (fc6, fc7, ...)
+    width_mult: float = 1.0  # scales every conv and hidden FC width (rounded to a multiple of 8); for sweeps
     init: str = choice("default", ("default", "kaiming", "xavier", "paper"))  # weight initialisation scheme
     init_from: str = ""  # checkpoint whose weights start a new run (transfer learning); "" = none
     freeze: list[str] = field(default_factory=list)  # layers to freeze: conv1..conv5, fc6, fc7, features
@@ -259,6 +260,9 @@ def validate(cfg: Config) -> Config:
            "LRN needs size >= 1 and non-negative k, alpha, beta")
     _check(0.0 <= m.dropout < 1.0, "model.dropout", f"must be in [0, 1), got {m.dropout}")
     _check(all(w > 0 for w in m.fc_widths), "model.fc_widths", "must be positive")
+    _check(m.width_mult > 0, "model.width_mult", "must be > 0")
+    _check(m.width_mult == 1 or all(8 % g == 0 for g in m.conv_groups), "model.width_mult",
+           "scaled widths are multiples of 8, so conv_groups must divide 8")
     layers = [f"conv{i + 1}" for i in range(n)] + [f"fc{i + 6}" for i in range(len(m.fc_widths))] + ["features"]
     for name in m.freeze:
         _check(name in layers, "model.freeze", f"unknown layer `{name}`{_closest(name, layers)}")

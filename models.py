@@ -115,9 +115,10 @@ class AlexNet(nn.Module):
         super().__init__()
         self.cfg = cfg
         act = ACTIVATIONS[cfg.activation]
+        scale = (lambda c: c) if cfg.width_mult == 1 else (lambda c: max(8, round(c * cfg.width_mult / 8) * 8))
         layers: list[tuple[str, nn.Module]] = []
         cin, side = 3, image_size
-        for i, cout in enumerate(cfg.conv_channels, start=1):
+        for i, cout in enumerate(map(scale, cfg.conv_channels), start=1):
             k, s, p, g = (cfg.conv_kernels[i - 1], cfg.conv_strides[i - 1], cfg.conv_paddings[i - 1],
                           cfg.conv_groups[i - 1])
             layers.append((f"conv{i}", nn.Conv2d(cin, cout, k, s, p, groups=g)))
@@ -146,7 +147,7 @@ class AlexNet(nn.Module):
         else:
             head.append(("flatten", nn.Flatten()))
             width = cin * side * side
-            for j, w in enumerate(cfg.fc_widths, start=6):
+            for j, w in enumerate(map(scale, cfg.fc_widths), start=6):
                 if cfg.dropout > 0:
                     head.append((f"drop{j}", nn.Dropout(cfg.dropout)))
                 head += [(f"fc{j}", nn.Linear(width, w)), (f"fact{j}", act())]

@@ -348,6 +348,7 @@ def train(cfg: Config, trial=None, resume: str | None = None, data: DataBundle |
 
     from tqdm import tqdm
 
+    startup_s = None
     bad_step = torch.full((), -1, dtype=torch.long, device=device)  # first non-finite step, tracked without syncs
     epoch = start_epoch
     try:
@@ -367,21 +368,13 @@ def train(cfg: Config, trial=None, resume: str | None = None, data: DataBundle |
             for i, idx in enumerate(bar):
                 x = prepare(data.train.images[idx], data.stats, cfg.data, gen, cfg.train.channels_last)
                 y = data.train.labels[idx]
-                with autocast(device, amp):
-                    logits = step_model(x)  # (B, num_classes)
-                    loss = criterion(logits, y)
-                opt.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                if cfg.optim.grad_clip:
-                    scaler.unscale_(opt)
-                    nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-                scaler.step(opt)
-                scaler.update()
+                loss, logits = train_step(step_model, x, y, opt, scaler, criterion, device, amp, cfg.optim.grad_clip)
                 step += 1
-                loss = loss.detach()
+                if startup_s is None:
+                    startup_s = process_uptime()
                 bad_step = torch.where((bad_step < 0) & ~torch.isfinite(loss), step, bad_step)
                 loss_sum += loss * len(idx)
-                correct += (logits.detach().argmax(1) == y).sum()
+                correct += (logits.argmax(1) == y).sum()
                 seen += len(idx)
                 if (i + 1) % cfg.train.log_every == 0 or i + 1 == len(batches):
                     check_finite(bad_step, epoch, opt)
@@ -445,7 +438,37 @@ def train(cfg: Config, trial=None, resume: str | None = None, data: DataBundle |
         "last_checkpoint": last_path,
         "train_img_per_s": sum(r["img_per_s"] for r in history[-3:]) / max(1, len(history[-3:])),
         "wall_s": time.perf_counter() - t_start,
+        "startup_s": startup_s,
     }
+
+
+def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, opt: torch.optim.Optimizer,
+               scaler: torch.amp.GradScaler, criterion: nn.Module, device: torch.device, amp: torch.dtype | None,
+               grad_clip: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step (forward and loss under autocast); returns the detached loss and logits. No host sync."""
+    with autocast(device, amp):
+        logits = model(x)  # (B, num_classes)
+        loss = criterion(logits, y)
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if grad_clip:
+        scaler.unscale_(opt)  # clip the true gradients, not the fp16-scaled ones
+        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    scaler.step(opt)
+    scaler.update()
+    return loss.detach(), logits.detach()
+
+
+def process_uptime() -> float:
+    """Seconds since this process started (Linux: from /proc; elsewhere since this module was first used)."""
+    try:
+        with open("/proc/self/stat") as f:
+            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return time.perf_counter()
 
 
 def check_finite(bad_step: torch.Tensor, epoch: int, opt: torch.optim.Optimizer) -> None:

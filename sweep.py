@@ -1,0 +1,383 @@
+"""Optuna searches and ablation grids that call train() directly.
+
+    python sweep.py                                          # configs/sweep.yaml: TPE search with pruning
+    python sweep.py --config configs/ablations/dropout.yaml  # one ablation axis x seeds, as a grid
+    python sweep.py --trials 8 --workers 2 train.epochs=5    # more trials, two processes, overrides
+
+Every trial is a normal run under {out_dir}/sweeps/<study>/ (checkpoints, TensorBoard, hparams).
+Rerunning the same command resumes the study; a finished grid runs nothing again. Results land in
+{out_dir}/sweeps/<study>/results.md and best.yaml (a complete config that train.py re-runs).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import json
+import math
+import multiprocessing
+import os
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from config import ConfigError, _closest, load_config, read_yaml_chain, save_config
+from data import DataError, load_split
+
+SAMPLERS = ("tpe", "random", "grid")
+PRUNERS = ("median", "hyperband", "none")
+
+
+@dataclass
+class SweepConfig:
+    base: str = "cifar10_best.yaml"  # experiment config every trial starts from (relative to the sweep file)
+    overrides: dict = field(default_factory=dict)  # dotted keys applied to every trial
+    space: dict = field(default_factory=dict)  # dotted key -> {type: float|int|choice, low, high, log, step, choices}
+    grid: dict = field(default_factory=dict)  # dotted key (or section) -> list of values; `seed` gives repeats
+    sampler: str = "tpe"  # tpe | random | grid (grid is implied by `grid:`)
+    pruner: str = "median"  # median | hyperband | none
+    trials: int = 20  # trials per invocation for searches (a grid runs its missing points)
+    timeout: float = 0.0  # seconds per invocation; 0 = no limit
+    metric: str = "val_top1"  # validation top-1, maximised (the only metric)
+    storage: str = ""  # Optuna storage URL; "" = sqlite:///{out_dir}/optuna.db; journal:PATH for a journal file
+    study: str = ""  # study name; "" = the sweep file's name
+
+
+# ---------------------------------------------------------------------------------------------
+# Sweep files
+
+def load_sweep(path: str) -> tuple[SweepConfig, str]:
+    """Parse and validate a sweep file; returns it and the base config's absolute path."""
+    raw = read_yaml_chain(path)
+    names = [f.name for f in dataclasses.fields(SweepConfig)]
+    for key in raw:
+        if key not in names:
+            raise ConfigError(f"{path}: unknown sweep key `{key}`{_closest(key, names)}")
+    sw = SweepConfig(**raw)
+    base = os.path.join(os.path.dirname(os.path.abspath(path)), sw.base)
+    if not sw.study:
+        sw.study = os.path.splitext(os.path.basename(path))[0]
+    if sw.grid:
+        if sw.space:
+            raise ConfigError(f"{path}: use either `space:` (a search) or `grid:` (a grid), not both")
+        sw.sampler = "grid"
+    if sw.sampler not in SAMPLERS:
+        raise ConfigError(f"{path}: sampler `{sw.sampler}` is not one of {', '.join(SAMPLERS)}")
+    if sw.pruner not in PRUNERS:
+        raise ConfigError(f"{path}: pruner `{sw.pruner}` is not one of {', '.join(PRUNERS)}")
+    if sw.metric != "val_top1":
+        raise ConfigError(f"{path}: metric `{sw.metric}` is not supported; use val_top1 (maximised)")
+    if sw.sampler == "grid" and not sw.grid:
+        raise ConfigError(f"{path}: sampler grid needs a `grid:` mapping of keys to value lists")
+    if sw.sampler != "grid" and not sw.space:
+        raise ConfigError(f"{path}: a search needs a `space:` mapping of dotted keys to distributions")
+    for key, values in sw.grid.items():
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"{path}: grid `{key}` needs a non-empty list of values")
+    for key, spec in sw.space.items():
+        check_distribution(path, key, spec)
+    return sw, base
+
+
+def check_distribution(path: str, key: str, spec: Any) -> None:
+    kind = spec.get("type") if isinstance(spec, dict) else None
+    if kind == "choice":
+        if not spec.get("choices"):
+            raise ConfigError(f"{path}: space `{key}` (choice) needs a non-empty `choices` list")
+    elif kind in ("float", "int"):
+        if "low" not in spec or "high" not in spec or not float(spec["low"]) < float(spec["high"]):
+            raise ConfigError(f"{path}: space `{key}` ({kind}) needs low < high")
+        if spec.get("log") and float(spec["low"]) <= 0:
+            raise ConfigError(f"{path}: space `{key}` is log-scaled, so low must be > 0")
+    else:
+        raise ConfigError(f"{path}: space `{key}` needs `type: float|int|choice`, got {spec!r}")
+
+
+def as_override(key: str, value: Any) -> dict:
+    """{'optim.lr': 0.1} style dotted key -> nested dict (a section key takes a mapping value)."""
+    node: dict = {}
+    out = node
+    parts = key.split(".")
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+    node[parts[-1]] = value
+    return out
+
+
+def trial_config(base: str, sw: SweepConfig, cli: list[str], values: dict, run_dir: str = ""):
+    """base <- sweep overrides <- CLI overrides <- this trial's values, validated like train configs."""
+    from config import deep_merge, parse_overrides
+
+    raw = read_yaml_chain(base)
+    for k, v in sw.overrides.items():
+        raw = deep_merge(raw, as_override(k, v))
+    raw = deep_merge(raw, parse_overrides(cli))
+    for k, v in values.items():
+        raw = deep_merge(raw, as_override(k, v))
+    if run_dir:
+        raw = deep_merge(raw, {"run_dir": run_dir})
+    return load_config(base=raw)
+
+
+def grid_space(sw: SweepConfig) -> dict:
+    """Grid values as Optuna-storable primitives (mappings and lists become JSON strings)."""
+    enc = lambda v: v if isinstance(v, (str, int, float, bool)) or v is None else json.dumps(v)  # noqa: E731
+    return {k: [enc(v) for v in vs] for k, vs in sw.grid.items()}
+
+
+def decode(value: Any) -> Any:
+    if isinstance(value, str) and value[:1] in "[{":
+        return json.loads(value)
+    return value
+
+
+def validate_space(base: str, sw: SweepConfig, cli: list[str]) -> None:
+    """Build one config per grid value / distribution end so bad keys fail before any trial."""
+    samples = [{k: decode(v)} for k, vs in grid_space(sw).items() for v in vs]
+    for key, spec in sw.space.items():
+        samples += [{key: v} for v in (spec["choices"] if spec["type"] == "choice" else (spec["low"], spec["high"]))]
+    for values in samples or [{}]:
+        try:
+            trial_config(base, sw, cli, values)
+        except ConfigError as e:
+            raise ConfigError(f"sweep value {values}: {e}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Optuna plumbing
+
+def make_storage(url: str):
+    import optuna
+
+    if url.startswith("journal:"):
+        from optuna.storages.journal import JournalFileBackend
+
+        path = url[len("journal:"):]
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        return optuna.storages.JournalStorage(JournalFileBackend(path))
+    if url.startswith("sqlite:///"):
+        os.makedirs(os.path.dirname(os.path.abspath(url[len("sqlite:///"):])) or ".", exist_ok=True)
+    return url
+
+
+def make_study(sw: SweepConfig, storage_url: str, seed: int):
+    import optuna
+
+    if sw.sampler == "grid":
+        sampler = optuna.samplers.GridSampler(grid_space(sw), seed=seed)
+    elif sw.sampler == "random":
+        sampler = optuna.samplers.RandomSampler(seed=seed)
+    else:
+        sampler = optuna.samplers.TPESampler(seed=seed)
+    pruner = {"median": lambda: optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1),
+              "hyperband": lambda: optuna.pruners.HyperbandPruner(),
+              "none": lambda: optuna.pruners.NopPruner()}[sw.pruner]()
+    return optuna.create_study(study_name=sw.study, storage=make_storage(storage_url), sampler=sampler,
+                               pruner=pruner, direction="maximize", load_if_exists=True)
+
+
+def suggest(trial, sw: SweepConfig) -> dict:
+    values = {}
+    for key, vs in grid_space(sw).items():
+        values[key] = decode(trial.suggest_categorical(key, vs))
+    for key, spec in sw.space.items():
+        if spec["type"] == "float":
+            values[key] = trial.suggest_float(key, float(spec["low"]), float(spec["high"]), log=bool(spec.get("log")))
+        elif spec["type"] == "int":
+            values[key] = trial.suggest_int(key, int(spec["low"]), int(spec["high"]), step=int(spec.get("step", 1)),
+                                            log=bool(spec.get("log")))
+        else:
+            values[key] = trial.suggest_categorical(key, spec["choices"])
+    return values
+
+
+def objective_for(base: str, sw: SweepConfig, cli: list[str], sweep_dir: str):
+    import optuna
+
+    from train import train
+
+    def objective(trial) -> float:
+        values = suggest(trial, sw)
+        run_dir = os.path.join(sweep_dir, f"trial-{trial.number:04d}")
+        t0 = time.time()
+        trial.set_user_attr("run_dir", run_dir)
+        try:
+            cfg = trial_config(base, sw, cli, values, run_dir)
+            result = train(cfg, trial=trial)
+        except optuna.TrialPruned:
+            trial.set_user_attr("minutes", (time.time() - t0) / 60)
+            raise
+        except BaseException as e:  # NaN, OOM, bad values: recorded, the study goes on (Ctrl-C re-raised)
+            reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
+            trial.set_user_attr("fail_reason", reason)
+            trial.set_user_attr("minutes", (time.time() - t0) / 60)
+            raise
+        trial.set_user_attr("minutes", (time.time() - t0) / 60)
+        trial.set_user_attr("epochs", result["epochs"])
+        trial.set_user_attr("final_val_top1", result["final_val_top1"])
+        if result["best_val_top1"] is None:
+            raise ConfigError("sweeps select on validation: set data.val_fraction > 0")
+        return result["best_val_top1"]
+
+    return objective
+
+
+def run_worker(config_path: str, cli: list[str], storage_url: str, study: str, trials: int, target: int,
+               timeout: float, threads: int, seed: int) -> None:
+    """One optimisation process (the parent itself, or a spawned worker); stops at `target` trials in the study."""
+    import optuna
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    sw, base = load_sweep(config_path)
+    sw.study = study
+    st = make_study(sw, storage_url, seed)
+    sweep_dir = os.path.join(trial_config(base, sw, cli, {}).out_dir, "sweeps", study)
+    callbacks = [optuna.study.MaxTrialsCallback(target, states=None)]
+    st.optimize(objective_for(base, sw, cli, sweep_dir), n_trials=trials, timeout=timeout or None,
+                catch=(Exception,), callbacks=callbacks, gc_after_trial=True)
+
+
+def _worker_entry(args: tuple) -> None:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    run_worker(*args)
+
+
+# ---------------------------------------------------------------------------------------------
+# Results
+
+def fmt_params(params: dict) -> str:
+    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+
+
+def results_table(study, sw: SweepConfig) -> str:
+    import optuna
+
+    lines = [f"# Sweep `{study.study_name}`", "",
+             "| trial | state | params | val top-1 | epochs | minutes | note |", "|---|---|---|---|---|---|---|"]
+    for t in study.trials:
+        val = f"{t.value:.4f}" if t.value is not None else "-"
+        note = t.user_attrs.get("fail_reason", "")
+        if t.state == optuna.trial.TrialState.PRUNED and t.intermediate_values:
+            last = max(t.intermediate_values)
+            val = f"({t.intermediate_values[last]:.4f})"
+            note = f"pruned after epoch {last}"
+        lines.append(f"| {t.number} | {t.state.name} | {fmt_params(t.params)} | {val} | "
+                     f"{t.user_attrs.get('epochs', len(t.intermediate_values) or '-')} | "
+                     f"{t.user_attrs.get('minutes', 0):.2f} | {note.replace('|', '/')} |")
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if sw.sampler == "grid" and done:
+        axes = [k for k in sw.grid if k != "seed"]
+        groups: dict = {}
+        for t in done:
+            groups.setdefault(tuple(t.params.get(k) for k in axes), []).append(t.value)
+        rows = sorted(groups.items(), key=lambda kv: -statistics.mean(kv[1]))
+        lines += ["", "## Grouped over seeds (sorted by mean)", "",
+                  f"| {' | '.join(axes) or 'all'} | mean val top-1 | std | n |", "|" + "---|" * (len(axes or [1]) + 3)]
+        for key, vals in rows:
+            std = statistics.stdev(vals) if len(vals) > 1 else 0.0
+            lines.append(f"| {' | '.join(map(str, key)) or 'all'} | {statistics.mean(vals):.4f} | ± {std:.4f} | "
+                         f"{len(vals)} |")
+    elif len(done) >= 3:
+        try:
+            imp = optuna.importance.get_param_importances(study)
+            lines += ["", "## Parameter importances (fANOVA)", ""] + [f"- `{k}`: {v:.3f}" for k, v in imp.items()]
+        except Exception as e:  # too few distinct trials for the estimator
+            lines += ["", f"Parameter importances unavailable: {e}"]
+    if done:
+        best = study.best_trial
+        lines += ["", f"Best: trial {best.number}, val top-1 {best.value:.4f} ({fmt_params(best.params)})"]
+    return "\n".join(lines) + "\n"
+
+
+def write_outputs(study, sw: SweepConfig, base: str, cli: list[str], sweep_dir: str) -> str:
+    import optuna
+
+    os.makedirs(sweep_dir, exist_ok=True)
+    table = results_table(study, sw)
+    with open(os.path.join(sweep_dir, "results.md"), "w") as f:
+        f.write(table)
+    if any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials):
+        best = study.best_trial
+        values = {k: decode(v) for k, v in best.params.items()}
+        cfg = trial_config(base, sw, cli, values)
+        cfg.name = f"{sw.study}-best"
+        save_config(cfg, os.path.join(sweep_dir, "best.yaml"))
+    return table
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="Optuna searches and ablation grids over train().")
+    ap.add_argument("--config", default="configs/sweep.yaml", help="sweep file (see configs/ablations/)")
+    ap.add_argument("--trials", type=int, help="trials to run in this invocation (default: the file's `trials`)")
+    ap.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
+    ap.add_argument("--storage", help="Optuna storage URL (sqlite:///..., postgresql://..., journal:PATH)")
+    ap.add_argument("--study", help="study name (default: the file's `study` or its name)")
+    ap.add_argument("--workers", type=int, default=1, help="worker processes on this machine (cores are split)")
+    ap.add_argument("--seed", type=int, default=0, help="sampler seed")
+    ap.add_argument("overrides", nargs="*", metavar="key=value", help="applied to every trial's base config")
+    args = ap.parse_args(argv)
+    import optuna
+
+    try:
+        sw, base = load_sweep(args.config)
+        if args.study:
+            sw.study = args.study
+        validate_space(base, sw, args.overrides)
+        cfg0 = trial_config(base, sw, args.overrides, {})
+        storage = args.storage or sw.storage or f"sqlite:///{os.path.join(cfg0.out_dir, 'optuna.db')}"
+        sweep_dir = os.path.join(cfg0.out_dir, "sweeps", sw.study)
+        load_split(cfg0.data, "train")  # fail fast (and fill the folder cache once) before any trial
+        study = make_study(sw, storage, args.seed)
+        if sw.sampler == "grid":
+            remaining = sum(1 for _ in itertools.product(*sw.grid.values())) - sum(
+                1 for t in study.trials if t.state.is_finished())
+            trials = max(0, remaining)
+            if args.trials is not None:
+                trials = min(trials, args.trials)
+            if study.sampler.is_exhausted(study):
+                trials = 0
+                print(f"grid `{sw.study}` is complete; nothing to run", file=sys.stderr)
+        else:
+            trials = args.trials if args.trials is not None else sw.trials
+        timeout = args.timeout if args.timeout is not None else sw.timeout
+    except (ConfigError, DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"study `{sw.study}` in {storage}: {len(study.trials)} trials so far, running up to {trials} more "
+          f"with {args.workers} worker(s); runs under {sweep_dir}", file=sys.stderr)
+    target = len(study.trials) + trials
+    try:
+        if trials and args.workers > 1:
+            threads = max(1, (os.cpu_count() or 1) // args.workers)
+            per = math.ceil(trials / args.workers)
+            ctx = multiprocessing.get_context("spawn")
+            procs = [ctx.Process(target=_worker_entry, args=((args.config, args.overrides, storage, sw.study, per,
+                                                              target, timeout, threads, args.seed + i),))
+                     for i in range(args.workers)]
+            for p in procs:
+                p.start()
+            for p in procs:
+                p.join()
+        elif trials:
+            run_worker(args.config, args.overrides, storage, sw.study, trials, target, timeout, 0, args.seed)
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command to resume the study", file=sys.stderr)
+    study = optuna.load_study(study_name=sw.study, storage=make_storage(storage))
+    print(write_outputs(study, sw, base, args.overrides, sweep_dir))
+    print(f"results: {os.path.join(sweep_dir, 'results.md')}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+import os
+
+import optuna
+import pytest
+import yaml
+
+import sweep
+from config import load_config, parse_overrides
+from conftest import TINY
+from train import train
+
+
+@pytest.fixture
+def make_sweep(tmp_path):
+    """Write a tiny base config and a sweep file around it; returns (path, storage URL, out_dir)."""
+    base = parse_overrides(TINY + ["train.epochs=1", "data.synthetic_size=300", f"out_dir={tmp_path / 'runs'}",
+                                   f"data.cache_dir={tmp_path / 'cache'}"])
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
+
+    def make(body: dict, name="s") -> tuple[str, str]:
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump({"base": "base.yaml", **body}))
+        return str(path), f"journal:{tmp_path / 'optuna.journal'}"
+    return make
+
+
+def trials(storage, study):
+    return optuna.load_study(study_name=study, storage=sweep.make_storage(storage)).trials
+
+
+def test_grid_runs_each_point_once_and_a_rerun_runs_none(make_sweep, tmp_path, capsys):
+    path, storage = make_sweep({"grid": {"model.dropout": [0.0, 0.5], "seed": [0, 1]}, "pruner": "none"}, "g")
+    assert sweep.main(["--config", path, "--storage", storage]) == 0
+    first = trials(storage, "g")
+    assert len(first) == 4 and all(t.state.name == "COMPLETE" for t in first)
+    assert sorted((t.params["model.dropout"], t.params["seed"]) for t in first) == [(0.0, 0), (0.0, 1), (0.5, 0), (0.5, 1)]
+    assert sweep.main(["--config", path, "--storage", storage]) == 0
+    assert len(trials(storage, "g")) == 4
+    results = (tmp_path / "runs" / "sweeps" / "g" / "results.md").read_text()
+    assert "Grouped over seeds" in results and "± " in results
+    assert "Grouped over seeds" in capsys.readouterr().out
+    for t in first:
+        assert os.path.isfile(os.path.join(t.user_attrs["run_dir"], "last.pt"))
+
+
+def test_search_resumes_and_adds_trials_and_best_yaml_trains(make_sweep, tmp_path):
+    path, storage = make_sweep({"space": {"optim.lr": {"type": "float", "low": 0.01, "high": 0.1, "log": True}},
+                                "sampler": "random", "pruner": "none"}, "s")
+    assert sweep.main(["--config", path, "--storage", storage, "--trials", "2"]) == 0
+    assert sweep.main(["--config", path, "--storage", storage, "--trials", "1"]) == 0
+    assert len(trials(storage, "s")) == 3
+    best = tmp_path / "runs" / "sweeps" / "s" / "best.yaml"
+    cfg = load_config(str(best), [f"out_dir={tmp_path / 'again'}"])
+    best_trial = optuna.load_study(study_name="s", storage=sweep.make_storage(storage)).best_trial
+    assert cfg.optim.lr == pytest.approx(best_trial.params["optim.lr"])
+    assert train(cfg)["epochs"] == 1
+
+
+def test_failing_trial_is_recorded_and_the_study_goes_on(make_sweep, tmp_path):
+    path, storage = make_sweep({"grid": {"optim.lr": [1.0e12, 0.05]}, "pruner": "none",
+                                "overrides": {"model.init": "paper", "train.log_every": 1}}, "f")
+    assert sweep.main(["--config", path, "--storage", storage]) == 0
+    states = {t.params["optim.lr"]: t for t in trials(storage, "f")}
+    assert states[1.0e12].state.name == "FAIL" and "NaN" in states[1.0e12].user_attrs["fail_reason"]
+    assert states[0.05].state.name == "COMPLETE"
+    assert "TrainingDiverged" in (tmp_path / "runs" / "sweeps" / "f" / "results.md").read_text()
+
+
+def test_pruning_prunes_hopeless_trials(make_sweep):
+    path, storage = make_sweep({"grid": {"optim.lr": [0.003, 1.0e-9], "seed": [0, 1, 2, 3]}, "pruner": "median",
+                                "overrides": {"train.epochs": 2, "data.synthetic_size": 2400, "optim.name": "adam",
+                                              "optim.weight_decay": 0.0, "model.dropout": 0.0,
+                                              "model.norm": "batch"}}, "p")
+    assert sweep.main(["--config", path, "--storage", storage]) == 0
+    ts = trials(storage, "p")
+    pruned = [t for t in ts if t.state.name == "PRUNED"]
+    hopeless = [t for t in pruned if t.params["optim.lr"] == 1.0e-9]
+    assert hopeless and all(max(t.intermediate_values) == 1 for t in hopeless)  # stopped after one of two epochs
+    best = max(t.value for t in ts if t.state.name == "COMPLETE")
+    assert all(t.intermediate_values[max(t.intermediate_values)] < best for t in pruned)
+
+
+def test_two_workers_share_one_study(make_sweep, tmp_path):
+    path, storage = make_sweep({"space": {"model.dropout": {"type": "float", "low": 0.0, "high": 0.5}},
+                                "sampler": "random", "pruner": "none"}, "w")
+    assert sweep.main(["--config", path, "--storage", storage, "--trials", "4", "--workers", "2"]) == 0
+    ts = trials(storage, "w")
+    assert len(ts) == 4 and all(t.state.name == "COMPLETE" for t in ts)
+    assert sorted(t.number for t in ts) == [0, 1, 2, 3]
+    assert len({t.user_attrs["run_dir"] for t in ts}) == 4
+
+
+def test_bad_space_key_fails_before_any_trial(make_sweep, capsys):
+    path, storage = make_sweep({"space": {"optim.lrr": {"type": "float", "low": 0.01, "high": 0.1}}}, "b")
+    assert sweep.main(["--config", path, "--storage", storage]) == 2
+    assert "optim.lr" in capsys.readouterr().err
+    path, storage = make_sweep({"grid": {"model.dropout": [0.0]}, "space": {"optim.lr": {"type": "int"}}}, "b2")
+    assert sweep.main(["--config", path, "--storage", storage]) == 2
+
+
+def test_shipped_sweep_files_validate():
+    import glob
+
+    files = glob.glob("configs/ablations/*.yaml") + ["configs/sweep.yaml", "configs/sweep_quickstart.yaml"]
+    assert len(files) == 11
+    for f in files:
+        sw, base = sweep.load_sweep(f)
+        sweep.validate_space(base, sw, [])
