@@ -1,4 +1,5 @@
 import dataclasses
+import os
 
 import pytest
 import yaml
@@ -79,7 +80,7 @@ def test_resolved_config_round_trips(tmp_path):
 def test_every_preset_loads():
     import glob
 
-    presets = glob.glob("configs/*.yaml")
+    presets = [p for p in glob.glob("configs/*.yaml") if not os.path.basename(p).startswith("sweep")]
     assert len(presets) >= 10
     for path in presets:
         load_config(path)
@@ -100,4 +101,4 @@ def test_seed_cifar10_presets_match_the_table():
 def test_readme_config_reference_lists_every_key():
     readme = open("README.md").read()
     for key, _, default, _ in flat_items():
-        assert f"`{key}`" in readme, f"README's config reference misses {key}; run python config.py --markdown"
+        assert f"`{key}`" in readme, f"README's config reference misses {key}; regenerate it with python config.py"
