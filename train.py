@@ -106,6 +106,9 @@ def sync(device: torch.device) -> None:
 def apply_freeze(model: AlexNet, names: list[str]) -> list[nn.Module]:
     """Freeze named layers (no grad); returns the frozen modules so the loop keeps their norms in eval."""
     frozen = [model.layer(n) for n in names]
+    # A frozen conv takes its normalisation layer along (BatchNorm statistics included).
+    frozen += [getattr(model.features, f"norm{n[4:]}") for n in names
+               if n.startswith("conv") and hasattr(model.features, f"norm{n[4:]}")]
     for m in frozen:
         for p in m.parameters():
             p.requires_grad_(False)

@@ -126,3 +126,24 @@ def test_paper_init_statistics():
 def test_too_small_image_is_a_clear_error():
     with pytest.raises(ValueError, match="too small"):
         build_model(load_config("configs/paper_alexnet.yaml").model, 10, 32)
+
+
+def test_fast_model_computes_the_reference_models_function():
+    """bench.py's reference net (built-in LRN, channels-first) and ours (fast LRN, channels_last) agree."""
+    from bench import reference_model
+
+    cfg = load_config("configs/cifar10_best.yaml")
+    torch.manual_seed(0)
+    ours = build_model(cfg.model, 10, 32).to(memory_format=torch.channels_last)
+    ref = reference_model(cfg, 10, 32)
+    ref.load_state_dict(ours.state_dict())
+    assert any(isinstance(m, nn.LocalResponseNorm) for m in ref.modules())
+    assert any(isinstance(m, LRN) for m in ours.modules())
+    ours.eval(), ref.eval()
+    x = torch.randn(4, 3, 32, 32)
+    y_ours = ours(x.contiguous(memory_format=torch.channels_last))
+    y_ref = ref(x)
+    torch.testing.assert_close(y_ours, y_ref, rtol=1e-4, atol=1e-5)
+    y_ours.square().sum().backward()
+    y_ref.square().sum().backward()
+    torch.testing.assert_close(ours.features.conv1.weight.grad, ref.features.conv1.weight.grad, rtol=1e-3, atol=1e-5)
