@@ -369,12 +369,12 @@ def train(cfg: Config, trial=None, resume: str | None = None, data: DataBundle |
             bar = tqdm(batches, desc=f"epoch {epoch}/{cfg.train.epochs}", leave=False, file=sys.stderr,
                        disable=not cfg.train.progress, dynamic_ncols=True)
             for i, idx in enumerate(bar):
+                if startup_s is None:
+                    startup_s = process_uptime()  # process start -> first training step begins
                 x = prepare(data.train.images[idx], data.stats, cfg.data, gen, cfg.train.channels_last)
                 y = data.train.labels[idx]
                 loss, logits = train_step(step_model, x, y, opt, scaler, criterion, device, amp, cfg.optim.grad_clip)
                 step += 1
-                if startup_s is None:
-                    startup_s = process_uptime()
                 bad_step = torch.where((bad_step < 0) & ~torch.isfinite(loss), step, bad_step)
                 loss_sum += loss * len(idx)
                 correct += (logits.argmax(1) == y).sum()
