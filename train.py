@@ -46,6 +46,21 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def init_distributed(device_name: str) -> tuple[int, int]:
+    """(rank, world_size) from torchrun's environment; joins the process group when world_size > 1."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        use_nccl = device_name in ("auto", "cuda") and torch.cuda.is_available()
+        if use_nccl:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl" if use_nccl else "gloo")
+    return dist.get_rank(), world
+
+
 def cpu_has_native_bf16() -> bool:
     """True on CPUs with AVX512-BF16/AMX; elsewhere bf16 is emulated and far slower than fp32."""
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
@@ -292,7 +307,11 @@ def train(cfg: Config, trial=None, resume: str | None = None, data: DataBundle |
     `data` lets a caller (bench.py, tests) reuse an already loaded DataBundle.
     """
     t_start = time.perf_counter()
+    rank, world = init_distributed(cfg.device)
+    is_main = rank == 0
     device = resolve_device(cfg.device)
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     amp = resolve_amp(cfg.train.amp, device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -336,18 +355,28 @@ def train(cfg: Config, trial=None, resume: str | None = None, data: DataBundle |
         torch.set_rng_state(ckpt["rng"]["torch"])
         if device.type == "cuda" and ckpt["rng"].get("cuda") is not None:
             torch.cuda.set_rng_state(ckpt["rng"]["cuda"], device)
-    step_model = torch.compile(model) if cfg.train.compile else model
+    step_model = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
 
-    run_dir = make_run_dir(cfg)
-    save_config(cfg, os.path.join(run_dir, "config.yaml"))
+        step_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        torch.manual_seed(cfg.seed * 1_000_003 + 7919 * rank + start_epoch)  # distinct dropout streams per rank
+    if cfg.train.compile:
+        step_model = torch.compile(step_model)
+
+    run_dir = make_run_dir(cfg) if is_main else ""
     metrics_path = os.path.join(run_dir, "metrics.jsonl")
-    trim_metrics(metrics_path, start_epoch)
-    writer = open_tensorboard(run_dir, cfg, purge_step=start_epoch + 1 if ckpt is not None else None)
     last_path, best_path = os.path.join(run_dir, "last.pt"), os.path.join(run_dir, "best.pt")
+    writer = None
+    if is_main:  # only rank 0 logs and checkpoints
+        save_config(cfg, os.path.join(run_dir, "config.yaml"))
+        trim_metrics(metrics_path, start_epoch)
+        writer = open_tensorboard(run_dir, cfg, purge_step=start_epoch + 1 if ckpt is not None else None)
     n_train, n_val = len(data.train.labels), len(data.val.labels)
-    print(f"run {run_dir}: {cfg.data.name} {n_train} train / {n_val} val images of {data.image_size}px, "
-          f"{len(classes)} classes; {count_params(model, True):,} trainable of {count_params(model):,} params; "
-          f"device {device.type}, amp {amp or 'off'}", flush=True)
+    if is_main:
+        print(f"run {run_dir}: {cfg.data.name} {n_train} train / {n_val} val images of {data.image_size}px, "
+              f"{len(classes)} classes; {count_params(model, True):,} trainable of {count_params(model):,} params; "
+              f"device {device.type} x{world}, amp {amp or 'off'}", flush=True)
 
     from tqdm import tqdm
 
@@ -360,31 +389,41 @@ def train(cfg: Config, trial=None, resume: str | None = None, data: DataBundle |
             for m in frozen:  # frozen layers keep their normalisation statistics too
                 m.eval()
             gen = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + epoch)
-            batches = train_batches(n_train, cfg.data.batch_size, gen, device)
+            # data.batch_size is per rank: every rank draws the same global batch (same generator) and
+            # trains on its slice, so N ranks see exactly what one process with N x the batch would.
+            batches = train_batches(n_train, cfg.data.batch_size * world, gen, device)
             loss_sum = torch.zeros((), device=device)
             correct = torch.zeros((), device=device)
             seen = 0
             sync(device)
             t0 = time.perf_counter()
             bar = tqdm(batches, desc=f"epoch {epoch}/{cfg.train.epochs}", leave=False, file=sys.stderr,
-                       disable=not cfg.train.progress, dynamic_ncols=True)
+                       disable=not (cfg.train.progress and is_main), dynamic_ncols=True)
             for i, idx in enumerate(bar):
                 if startup_s is None:
                     startup_s = process_uptime()  # process start -> first training step begins
                 x = prepare(data.train.images[idx], data.stats, cfg.data, gen, cfg.train.channels_last)
                 y = data.train.labels[idx]
+                if world > 1:
+                    x, y = x.tensor_split(world)[rank], y.tensor_split(world)[rank]
                 loss, logits = train_step(step_model, x, y, opt, scaler, criterion, device, amp, cfg.optim.grad_clip)
                 step += 1
                 bad_step = torch.where((bad_step < 0) & ~torch.isfinite(loss), step, bad_step)
-                loss_sum += loss * len(idx)
+                loss_sum += loss * len(y)
                 correct += (logits.argmax(1) == y).sum()
-                seen += len(idx)
+                seen += len(y)
                 if (i + 1) % cfg.train.log_every == 0 or i + 1 == len(batches):
                     check_finite(bad_step, epoch, opt)
                     bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{correct.item() / seen:.3f}",
                                     img_s=f"{seen / (time.perf_counter() - t0):.0f}")
             bar.close()
             check_finite(bad_step, epoch, opt)
+            if world > 1:  # epoch metrics over all ranks
+                import torch.distributed as dist
+
+                totals = torch.stack([loss_sum, correct.float(), torch.tensor(float(seen), device=device)])
+                dist.all_reduce(totals)
+                loss_sum, correct, seen = totals[0], totals[1], int(totals[2].item())
             sync(device)
             train_s = time.perf_counter() - t0
             row = {"epoch": epoch, "step": step, "lr": current_lr(opt), "train_loss": loss_sum.item() / max(seen, 1),
@@ -407,6 +446,8 @@ def train(cfg: Config, trial=None, resume: str | None = None, data: DataBundle |
             else:
                 sched.step()
             history.append(row)
+            if not is_main:
+                continue
             log_epoch(writer, metrics_path, row, cfg.train.epochs)
             state = {
                 "format": CKPT_FORMAT, "model": model.state_dict(), "optimizer": opt.state_dict(),
@@ -426,7 +467,8 @@ def train(cfg: Config, trial=None, resume: str | None = None, data: DataBundle |
 
                     raise optuna.TrialPruned(f"pruned after epoch {epoch} at validation top-1 {metric:.4f}")
     finally:
-        writer.close()
+        if writer is not None:
+            writer.close()
 
     final = history[-1] if history else {}
     has_val = "val_top1" in final
@@ -528,7 +570,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; continue with: python train.py --resume RUN_DIR/last.pt", file=sys.stderr)
         return 130
-    print(json.dumps(result), flush=True)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps(result), flush=True)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
     return 0
 
 
