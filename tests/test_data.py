@@ -162,3 +162,14 @@ def test_cutout_zeroes_a_square():
     out = D.cutout(x, 6, torch.Generator().manual_seed(0))
     zeros = (out[..., 0] == 0).sum((1, 2))
     assert ((zeros > 0) & (zeros <= 36)).all()
+
+
+def test_tinyimagenet_download_failure_is_a_clear_error(tmp_path, monkeypatch):
+    import torchvision.datasets.utils as U
+
+    def offline(*a, **k):
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(U, "download_and_extract_archive", offline)
+    with pytest.raises(D.DataError, match="wnids.txt"):
+        D.load_split(DataConfig(name="tinyimagenet", root=str(tmp_path)), "train")
