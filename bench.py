@@ -136,6 +136,8 @@ def bench(cfg, steps: int, warmup: int, reference_amp: str, skip_reference: bool
         tune_cpu_allocator()
     torch.manual_seed(cfg.seed)
     data = load_data(cfg.data, device)
+    if data.train.images is None:
+        raise ConfigError("bench.py measures the in-memory pipeline; set data.loader=memory")
     n_classes, size, bs = len(data.train.classes), data.image_size, cfg.data.batch_size
     model = build_model(cfg.model, n_classes, size).to(device)
     if cfg.train.channels_last:
@@ -157,12 +159,12 @@ def bench(cfg, steps: int, warmup: int, reference_amp: str, skip_reference: bool
         train_step(step_model, x, data.train.labels[idx], opt, scaler, crit, device, amp, cfg.optim.grad_clip)
 
     sec = timed_steps(ours, warmup, steps, device)
-    eval_images = data.val.images if len(data.val.images) else data.train.images[:2048]
+    eval_set = data.val if len(data.val.labels) else data.train.subset(torch.arange(2048))
     sync(device)
     t0 = time.perf_counter()
-    predict(model, eval_images, data.stats, cfg.data.eval_batch_size, device, amp, cfg.train.channels_last)
+    predict(model, eval_set, data.stats, cfg.data, device, amp, cfg.train.channels_last)
     sync(device)
-    eval_img_per_s = len(eval_images) / (time.perf_counter() - t0)
+    eval_img_per_s = len(eval_set.labels) / (time.perf_counter() - t0)
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # before the reference runs
 
     ref = reference_model(cfg, n_classes, size).to(device)

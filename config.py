@@ -64,6 +64,10 @@ class DataConfig:
     synthetic_size: int = 5000  # synthetic dataset: number of images (before the validation split)
     synthetic_classes: int = 10  # synthetic dataset: number of classes (at most 10)
     cache_dir: str = "data/cache"  # where decoded image-folder tensors are cached
+    loader: str = choice("auto", ("auto", "memory", "stream"))  # memory: uint8 tensors on the device; stream: JPEG-decoding DataLoader workers; auto: stream image folders too big for memory_gb
+    memory_gb: float = 8.0  # auto: largest decoded image folder (GB) kept in memory
+    resize: int = 0  # stream: short side each image is resized to before cropping; 0 = image_size * 256 / 224
+    num_workers: int = 0  # stream: decoding worker processes; 0 = one per CPU core
     crop_padding: int = 0  # random-crop translation: pad by this many pixels then crop back; 0 = off
     flip: bool = False  # random horizontal flip with probability 0.5
     pca_lighting: float = 0.0  # std of the paper's PCA colour lighting alpha (paper: 0.1); 0 = off
@@ -268,6 +272,8 @@ def validate(cfg: Config) -> Config:
         _check(name in layers, "model.freeze", f"unknown layer `{name}`{_closest(name, layers)}")
     _check(d.image_size >= 0, "data.image_size", "must be >= 0 (0 = native size)")
     _check(d.batch_size >= 1 and d.eval_batch_size >= 1, "data.batch_size", "must be >= 1")
+    _check(d.loader != "stream" or d.name == "folder", "data.loader", "stream reads image folders; use data.name=folder")
+    _check(d.resize >= 0 and d.num_workers >= 0 and d.memory_gb > 0, "data.resize", "resize, num_workers >= 0, memory_gb > 0")
     _check(0.0 <= d.val_fraction < 1.0, "data.val_fraction", f"must be in [0, 1), got {d.val_fraction}")
     _check(d.subset >= 0, "data.subset", "must be >= 0 (0 = all images)")
     _check(d.synthetic_size >= 2 and 2 <= d.synthetic_classes <= 10, "data.synthetic_classes",

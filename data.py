@@ -6,6 +6,7 @@ normalised on the device in a handful of batched tensor ops: no PIL, no per-imag
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import os
@@ -31,9 +32,15 @@ class DataError(RuntimeError):
 
 @dataclass
 class ImageSet:
-    images: torch.Tensor  # (N, H, W, 3) uint8
+    images: torch.Tensor | None  # (N, H, W, 3) uint8; None when streamed from `files`
     labels: torch.Tensor  # (N,) int64
     classes: list[str]
+    files: list[str] | None = None  # image paths (streaming loader)
+
+    def subset(self, idx: torch.Tensor) -> "ImageSet":
+        if self.images is None:
+            return ImageSet(None, self.labels[idx], self.classes, [self.files[i] for i in idx.tolist()])
+        return ImageSet(self.images[idx], self.labels[idx], self.classes)
 
 
 @dataclass
@@ -99,20 +106,24 @@ def make_synthetic(n: int, size: int, num_classes: int, seed: int) -> ImageSet:
 # ---------------------------------------------------------------------------------------------
 # Decoding image files (image folders, Tiny ImageNet), with a tensor cache.
 
-def _decode(path: str, size: int) -> torch.Tensor:
-    """One file -> (size, size, 3) uint8: short side resized to `size` (antialiased), then centre-cropped."""
+def _decode(path: str, size: int, crop: int = 0, offset: tuple[float, float] | None = None) -> torch.Tensor:
+    """One file -> (crop, crop, 3) uint8: short side resized to `size` (antialiased), then a crop x crop window
+    (crop 0 = size) at relative `offset` (fy, fx) in [0, 1], centred when None."""
     import numpy as np
     from PIL import Image
 
+    crop = crop or size
     try:
         with Image.open(path) as im:
             im = im.convert("RGB")
             w, h = im.size
-            if (w, h) != (size, size):
+            if min(w, h) != size:
                 scale = size / min(w, h)
                 im = im.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BICUBIC)
-                left, top = (im.size[0] - size) // 2, (im.size[1] - size) // 2
-                im = im.crop((left, top, left + size, top + size))
+            fy, fx = offset if offset is not None else (0.5, 0.5)
+            left, top = round((im.size[0] - crop) * fx), round((im.size[1] - crop) * fy)
+            if im.size != (crop, crop):
+                im = im.crop((left, top, left + crop, top + crop))
             return torch.from_numpy(np.asarray(im).copy())
     except (OSError, ValueError) as e:
         raise DataError(f"cannot decode image {path}: {e}; remove or replace the file") from None
@@ -168,6 +179,21 @@ def _list_class_folders(split_dir: str) -> tuple[list[tuple[str, int]], list[str
 
 def load_folder(cfg: DataConfig, split: str) -> ImageSet:
     """Image-folder tree: root/train/<class>/* and optionally root/test/<class>/*."""
+    files, classes = folder_files(cfg, split)
+    if streaming(cfg, len(files)):
+        return ImageSet(None, torch.tensor([lab for _, lab in files], dtype=torch.long), classes,
+                        [p for p, _ in files])
+    return _cached(cfg, split, files, classes, image_size(cfg))
+
+
+def streaming(cfg: DataConfig, n_images: int) -> bool:
+    """Whether an image folder of n_images is streamed from disk rather than held in memory."""
+    if cfg.loader != "auto":
+        return cfg.loader == "stream"
+    return cfg.name == "folder" and n_images * image_size(cfg) ** 2 * 3 > cfg.memory_gb * 1e9
+
+
+def folder_files(cfg: DataConfig, split: str) -> tuple[list[tuple[str, int]], list[str]]:
     split_dir = os.path.join(cfg.root, split)
     if not os.path.isdir(split_dir):
         hint = ("point data.root at the folder that contains train/<class>/ images"
@@ -176,7 +202,7 @@ def load_folder(cfg: DataConfig, split: str) -> ImageSet:
     files, classes = _list_class_folders(split_dir)
     if not files:
         raise DataError(f"no images ({', '.join(IMAGE_EXTS)}) under {split_dir}/<class>/; check data.root")
-    return _cached(cfg, split, files, classes, image_size(cfg))
+    return files, classes
 
 
 def _tiny_root(cfg: DataConfig, download: bool) -> str:
@@ -303,6 +329,10 @@ def load_data(cfg: DataConfig, device: torch.device) -> DataBundle:
     tr, va = split_indices(full.labels, cfg.val_fraction, cfg.subset, cfg.split_seed)
     if len(tr) == 0:
         raise DataError("the training split is empty; lower data.val_fraction or raise data.subset")
+    if full.images is None:  # streamed: statistics from a decoded sample of the training files
+        sample = tr[torch.randperm(len(tr), generator=torch.Generator().manual_seed(0))[:2000]]
+        stats = compute_stats(_decode_all([full.files[i] for i in sample.tolist()], image_size(cfg)))
+        return DataBundle(full.subset(tr), full.subset(va), stats.to(device), image_size(cfg))
     stats = compute_stats(full.images[tr])
     take = lambda idx: ImageSet(full.images[idx].to(device), full.labels[idx].to(device), full.classes)  # noqa: E731
     return DataBundle(take(tr), take(va), stats.to(device), full.images.shape[1])
@@ -370,6 +400,52 @@ def prepare(x: torch.Tensor, stats: Stats, cfg: DataConfig | None = None, gen: t
         x = cutout(x, cfg.cutout, gen)
     x = x.permute(0, 3, 1, 2)  # (B, 3, H, W) view; NHWC storage == channels_last
     return x if channels_last else x.contiguous()
+
+
+class FileDataset(torch.utils.data.Dataset):
+    """Streaming path: decode one file per item in a worker. Training: short side -> resize, random crop,
+    random flip (the paper's 224/227 crops of 256 images); evaluation: the centre resize x resize square."""
+
+    def __init__(self, files: list[str], labels: torch.Tensor, cfg: DataConfig, train: bool):
+        self.files, self.labels, self.train = files, labels.tolist(), train
+        self.crop = image_size(cfg)
+        self.resize = cfg.resize or round(self.crop * 256 / 224)
+        self.flip = cfg.flip
+        self.seed = 0  # set per epoch; with the item index it fixes each item's crop
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int):
+        if not self.train:
+            return _decode(self.files[i], self.resize), self.labels[i]
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + i)
+        fy, fx, flip = torch.rand(3, generator=g).tolist()
+        img = _decode(self.files[i], self.resize, self.crop, (fy, fx))
+        return (img.flip(1) if self.flip and flip < 0.5 else img), self.labels[i]
+
+
+def iterate(ds: ImageSet, batches: list[torch.Tensor], cfg: DataConfig, device: torch.device, train: bool,
+            seed: int = 0):
+    """Yield (uint8 (B, H, W, 3), labels) on `device` for each index batch: tensor gathers in memory,
+    DataLoader workers decoding JPEGs when streaming."""
+    if ds.images is not None:
+        for idx in batches:
+            idx = idx.to(ds.images.device)
+            yield ds.images[idx], ds.labels[idx]
+        return
+    dataset = FileDataset(ds.files, ds.labels, cfg, train)
+    dataset.seed = seed
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=[b.tolist() for b in batches],
+                                         num_workers=cfg.num_workers or (os.cpu_count() or 1),
+                                         pin_memory=device.type == "cuda")
+    for x, y in loader:
+        yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+
+
+def device_augmentation(cfg: DataConfig, streamed: bool) -> DataConfig:
+    """The augmentation left for the device: streamed batches arrive already cropped and flipped."""
+    return dataclasses.replace(cfg, crop_padding=0, flip=False) if streamed else cfg
 
 
 def train_batches(n: int, batch_size: int, gen: torch.Generator, device) -> list[torch.Tensor]:

@@ -19,19 +19,28 @@ from models import build_model
 from train import CheckpointError, load_checkpoint, predict, resolve_amp, resolve_device, score
 
 
-def tta_views(mode: str, padding: int):
-    """Batch (B, H, W, 3) uint8 -> list of views whose logits are averaged; None for a single view."""
+def tta_views(mode: str, padding: int, size: int):
+    """Batch (B, H, W, 3) uint8 -> list of `size` x `size` views whose logits are averaged; None = centre view."""
     if mode == "none":
         return None
+
+    def centre(x: torch.Tensor) -> torch.Tensor:
+        off = (x.shape[1] - size) // 2
+        return x[:, off:off + size, off:off + size]
+
     if mode == "flip":
-        return lambda x: [x, x.flip(2)]
+        return lambda x: [centre(x), centre(x).flip(2)]
 
     def ten_crop(x: torch.Tensor) -> list[torch.Tensor]:
-        # The paper's four corners + centre, each also flipped. Images are stored at the model's input
-        # size, so the crops are taken from the zero-padded image the model saw in training.
-        B, H, W, _ = x.shape
-        p = padding or max(1, H // 8)
-        xp = F.pad(x, (0, 0, p, p, p, p))
+        # The paper's four corners + centre, each also flipped. Streamed images arrive larger than the
+        # model's input (e.g. 256 for 227) and are cropped directly; in-memory images are stored at the
+        # input size, so the crops come from the zero-padded image the model saw in training.
+        H, W = size, size
+        if x.shape[1] > size:
+            xp, p = x, (x.shape[1] - size) // 2
+        else:
+            p = padding or max(1, H // 8)
+            xp = F.pad(x, (0, 0, p, p, p, p))
         crops = [xp[:, dy:dy + H, dx:dx + W] for dy, dx in ((0, 0), (0, 2 * p), (2 * p, 0), (2 * p, 2 * p), (p, p))]
         return crops + [c.flip(2) for c in crops]
 
@@ -46,7 +55,7 @@ def evaluation_set(cfg, split: str) -> ImageSet:
     _, va = split_indices(full.labels, cfg.data.val_fraction, cfg.data.subset, cfg.data.split_seed)
     if len(va) == 0:
         raise DataError("the run has no validation split (data.val_fraction=0); use --split test")
-    return ImageSet(full.images[va], full.labels[va], full.classes)
+    return full.subset(va)
 
 
 def evaluate(ckpt_path: str, split: str = "val", tta: str = "none", overrides: list[str] | None = None) -> dict:
@@ -60,7 +69,7 @@ def evaluate(ckpt_path: str, split: str = "val", tta: str = "none", overrides: l
     if data.classes != classes:
         raise DataError(f"the {split} data has classes {data.classes[:5]}... but the checkpoint was trained on "
                         f"{classes[:5]}...; point data.root/data.name at the dataset the model was trained on")
-    if data.images.shape[1] != ckpt["image_size"]:
+    if data.images is not None and data.images.shape[1] != ckpt["image_size"]:
         raise DataError(f"images are {data.images.shape[1]}px but the model was trained on {ckpt['image_size']}px; "
                         f"set data.image_size={ckpt['image_size']}")
     model = build_model(cfg.model, len(classes), ckpt["image_size"]).to(device)
@@ -72,8 +81,8 @@ def evaluate(ckpt_path: str, split: str = "val", tta: str = "none", overrides: l
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     stats = Stats(**{k: v for k, v in ckpt["stats"].items()}).to(device)
-    logits = predict(model, data.images, stats, cfg.data.eval_batch_size, device, amp, cfg.train.channels_last,
-                     tta_views(tta, cfg.data.crop_padding)).cpu()
+    logits = predict(model, data, stats, cfg.data, device, amp, cfg.train.channels_last,
+                     tta_views(tta, cfg.data.crop_padding, ckpt["image_size"])).cpu()
     result = score(logits, data.labels)
     k = len(classes)
     confusion = torch.bincount(data.labels * k + logits.argmax(1), minlength=k * k).reshape(k, k)  # rows: true

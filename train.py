@@ -18,8 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from config import Config, ConfigError, load_config, save_config, to_dict
-from data import DataBundle, DataError, Stats, load_data, prepare, train_batches
+from config import Config, ConfigError, DataConfig, load_config, save_config, to_dict
+from data import (DataBundle, DataError, ImageSet, Stats, device_augmentation, image_size, iterate, load_data,
+                  prepare, train_batches)
 from models import AlexNet, build_model, count_params
 
 CKPT_FORMAT = "alexnet-lab/1"
@@ -223,15 +224,22 @@ def load_checkpoint(path: str) -> dict:
 # Evaluation (shared with evaluate.py)
 
 @torch.no_grad()
-def predict(model: nn.Module, images: torch.Tensor, stats: Stats, batch_size: int, device: torch.device,
+def predict(model: nn.Module, ds: ImageSet, stats: Stats, cfg: DataConfig, device: torch.device,
             amp: torch.dtype | None, channels_last: bool, views=None) -> torch.Tensor:
-    """(N, K) float32 logits for uint8 (N, H, W, 3) images; `views(batch)` returns TTA views to average."""
+    """(N, K) float32 logits for an ImageSet; `views(batch)` returns TTA views to average.
+
+    Streamed batches arrive as the centre resize x resize square; without TTA they are centre-cropped.
+    """
     model.eval()
     out = []
-    for start in range(0, len(images), batch_size):
-        xb = images[start:start + batch_size].to(device, non_blocking=True)
+    size = image_size(cfg)
+    for xb, _ in iterate(ds, list(torch.arange(len(ds.labels)).split(cfg.eval_batch_size)), cfg, device, False):
         logits = 0.0
-        batches = views(xb) if views else [xb]
+        if views:
+            batches = views(xb)
+        else:
+            off = (xb.shape[1] - size) // 2
+            batches = [xb[:, off:off + size, off:off + size]]
         for v in batches:
             with autocast(device, amp):
                 logits = logits + model(prepare(v, stats, channels_last=channels_last)).float()
@@ -373,6 +381,8 @@ def train(cfg: Config, trial=None, resume: str | None = None, data: DataBundle |
         trim_metrics(metrics_path, start_epoch)
         writer = open_tensorboard(run_dir, cfg, purge_step=start_epoch + 1 if ckpt is not None else None)
     n_train, n_val = len(data.train.labels), len(data.val.labels)
+    streamed = data.train.images is None
+    aug = device_augmentation(cfg.data, streamed)
     if is_main:
         print(f"run {run_dir}: {cfg.data.name} {n_train} train / {n_val} val images of {data.image_size}px, "
               f"{len(classes)} classes; {count_params(model, True):,} trainable of {count_params(model):,} params; "
@@ -392,19 +402,21 @@ def train(cfg: Config, trial=None, resume: str | None = None, data: DataBundle |
             # data.batch_size is per rank: every rank draws the same global batch (same generator) and
             # trains on its slice, so N ranks see exactly what one process with N x the batch would.
             batches = train_batches(n_train, cfg.data.batch_size * world, gen, device)
+            if streamed and world > 1:  # workers decode only this rank's slice
+                batches = [b.tensor_split(world)[rank] for b in batches]
             loss_sum = torch.zeros((), device=device)
             correct = torch.zeros((), device=device)
             seen = 0
             sync(device)
             t0 = time.perf_counter()
-            bar = tqdm(batches, desc=f"epoch {epoch}/{cfg.train.epochs}", leave=False, file=sys.stderr,
+            bar = tqdm(iterate(data.train, batches, cfg.data, device, True, cfg.seed * 1_000_003 + epoch),
+                       total=len(batches), desc=f"epoch {epoch}/{cfg.train.epochs}", leave=False, file=sys.stderr,
                        disable=not (cfg.train.progress and is_main), dynamic_ncols=True)
-            for i, idx in enumerate(bar):
+            for i, (xb, y) in enumerate(bar):
                 if startup_s is None:
                     startup_s = process_uptime()  # process start -> first training step begins
-                x = prepare(data.train.images[idx], data.stats, cfg.data, gen, cfg.train.channels_last)
-                y = data.train.labels[idx]
-                if world > 1:
+                x = prepare(xb, data.stats, aug, gen, cfg.train.channels_last)
+                if world > 1 and not streamed:
                     x, y = x.tensor_split(world)[rank], y.tensor_split(world)[rank]
                 loss, logits = train_step(step_model, x, y, opt, scaler, criterion, device, amp, cfg.optim.grad_clip)
                 step += 1
@@ -429,8 +441,7 @@ def train(cfg: Config, trial=None, resume: str | None = None, data: DataBundle |
             row = {"epoch": epoch, "step": step, "lr": current_lr(opt), "train_loss": loss_sum.item() / max(seen, 1),
                    "train_top1": correct.item() / max(seen, 1), "img_per_s": seen / train_s, "train_s": train_s}
             if n_val:
-                logits = predict(model, data.val.images, data.stats, cfg.data.eval_batch_size, device, amp,
-                                 cfg.train.channels_last)
+                logits = predict(model, data.val, data.stats, cfg.data, device, amp, cfg.train.channels_last)
                 v = score(logits, data.val.labels)
                 if not math.isfinite(v["loss"]):
                     raise TrainingDiverged(f"validation loss is {v['loss']} after epoch {epoch} "

@@ -173,3 +173,34 @@ def test_tinyimagenet_download_failure_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(U, "download_and_extract_archive", offline)
     with pytest.raises(D.DataError, match="wnids.txt"):
         D.load_split(DataConfig(name="tinyimagenet", root=str(tmp_path)), "train")
+
+
+def test_streaming_folder_loader_trains_and_evaluates(tmp_path, tiny):
+    """ImageNet-style path: real JPEG files decoded by DataLoader workers, random crops of resized images."""
+    import train as T
+    from config import load_config
+    from evaluate import evaluate
+
+    root = tmp_path / "imnet"
+    for c, cls in enumerate(("n01", "n02", "n03")):
+        write_images(root / "train" / cls, 12, size=(48 + 4 * c, 40), seed=c)
+    cfg = DataConfig(name="folder", root=str(root), image_size=24, resize=28, loader="stream", num_workers=2,
+                     flip=True)
+    full = D.load_split(cfg, "train")
+    assert full.images is None and len(full.files) == 36
+    ds = D.FileDataset(full.files, full.labels, cfg, train=True)
+    ds.seed = 3
+    a, b = ds[5][0], ds[5][0]
+    assert a.shape == (24, 24, 3) and a.dtype == torch.uint8 and torch.equal(a, b)  # seeded per epoch and item
+    assert D.FileDataset(full.files, full.labels, cfg, train=False)[5][0].shape == (28, 28, 3)
+    assert D.streaming(DataConfig(name="folder", memory_gb=1e-6), 10)  # auto streams what does not fit
+    assert not D.streaming(DataConfig(name="folder"), 10)
+
+    run = T.train(load_config(None, tiny(f"data.name=folder", f"data.root={root}", "data.loader=stream",
+                                         "data.image_size=24", "data.resize=28", "data.num_workers=2",
+                                         "data.batch_size=8", "data.val_fraction=0.25", "data.pca_lighting=0.1",
+                                         "data.flip=true")))
+    assert run["epochs"] == 2 and 0 <= run["final_val_top1"] <= 1
+    r = evaluate(run["last_checkpoint"], "val", "none")
+    assert r["n"] == 9 and r["top1"] == pytest.approx(run["final_val_top1"], abs=1e-6)
+    assert evaluate(run["last_checkpoint"], "val", "ten_crop")["n"] == 9
