@@ -195,6 +195,8 @@ def streaming(cfg: DataConfig, n_images: int) -> bool:
 
 def folder_files(cfg: DataConfig, split: str) -> tuple[list[tuple[str, int]], list[str]]:
     split_dir = os.path.join(cfg.root, split)
+    if split == "test" and not os.path.isdir(split_dir):  # ImageNet-style trees call the held-out split val/
+        split_dir = os.path.join(cfg.root, "val") if os.path.isdir(os.path.join(cfg.root, "val")) else split_dir
     if not os.path.isdir(split_dir):
         hint = ("point data.root at the folder that contains train/<class>/ images"
                 if split == "train" else "this dataset has no test/ folder; evaluate with --split val")

@@ -184,6 +184,7 @@ def test_streaming_folder_loader_trains_and_evaluates(tmp_path, tiny):
     root = tmp_path / "imnet"
     for c, cls in enumerate(("n01", "n02", "n03")):
         write_images(root / "train" / cls, 12, size=(48 + 4 * c, 40), seed=c)
+        write_images(root / "val" / cls, 2, size=(40, 44), seed=10 + c)
     cfg = DataConfig(name="folder", root=str(root), image_size=24, resize=28, loader="stream", num_workers=2,
                      flip=True)
     full = D.load_split(cfg, "train")
@@ -204,3 +205,4 @@ def test_streaming_folder_loader_trains_and_evaluates(tmp_path, tiny):
     r = evaluate(run["last_checkpoint"], "val", "none")
     assert r["n"] == 9 and r["top1"] == pytest.approx(run["final_val_top1"], abs=1e-6)
     assert evaluate(run["last_checkpoint"], "val", "ten_crop")["n"] == 9
+    assert evaluate(run["last_checkpoint"], "test", "ten_crop")["n"] == 6  # ImageNet-style val/ folder
