@@ -42,6 +42,11 @@ class ImageSet:
             return ImageSet(None, self.labels[idx], self.classes, [self.files[i] for i in idx.tolist()])
         return ImageSet(self.images[idx], self.labels[idx], self.classes)
 
+    def to(self, device) -> "ImageSet":
+        if self.images is None:
+            return self
+        return ImageSet(self.images.to(device), self.labels.to(device), self.classes)
+
 
 @dataclass
 class Stats:
@@ -336,8 +341,7 @@ def load_data(cfg: DataConfig, device: torch.device) -> DataBundle:
         stats = compute_stats(_decode_all([full.files[i] for i in sample.tolist()], image_size(cfg)))
         return DataBundle(full.subset(tr), full.subset(va), stats.to(device), image_size(cfg))
     stats = compute_stats(full.images[tr])
-    take = lambda idx: ImageSet(full.images[idx].to(device), full.labels[idx].to(device), full.classes)  # noqa: E731
-    return DataBundle(take(tr), take(va), stats.to(device), full.images.shape[1])
+    return DataBundle(full.subset(tr).to(device), full.subset(va).to(device), stats.to(device), full.images.shape[1])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -448,6 +452,12 @@ def iterate(ds: ImageSet, batches: list[torch.Tensor], cfg: DataConfig, device: 
 def device_augmentation(cfg: DataConfig, streamed: bool) -> DataConfig:
     """The augmentation left for the device: streamed batches arrive already cropped and flipped."""
     return dataclasses.replace(cfg, crop_padding=0, flip=False) if streamed else cfg
+
+
+def centre_crop(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Centre size x size window of (B, H, W, C); a no-op for in-memory images stored at `size`."""
+    off = (x.shape[1] - size) // 2
+    return x[:, off:off + size, off:off + size]
 
 
 def train_batches(n: int, batch_size: int, gen: torch.Generator, device) -> list[torch.Tensor]:

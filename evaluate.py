@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from config import ConfigError, load_config
-from data import DataError, ImageSet, Stats, load_split, split_indices
+from data import DataError, ImageSet, Stats, centre_crop, load_split, split_indices
 from models import build_model
 from train import CheckpointError, load_checkpoint, predict, resolve_amp, resolve_device, score
 
@@ -24,12 +24,8 @@ def tta_views(mode: str, padding: int, size: int):
     if mode == "none":
         return None
 
-    def centre(x: torch.Tensor) -> torch.Tensor:
-        off = (x.shape[1] - size) // 2
-        return x[:, off:off + size, off:off + size]
-
     if mode == "flip":
-        return lambda x: [centre(x), centre(x).flip(2)]
+        return lambda x: [centre_crop(x, size), centre_crop(x, size).flip(2)]
 
     def ten_crop(x: torch.Tensor) -> list[torch.Tensor]:
         # The paper's four corners + centre, each also flipped. Streamed images arrive larger than the

@@ -23,8 +23,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import yaml
-
 from config import ConfigError, _closest, load_config, read_yaml_chain, save_config
 from data import DataError, load_split
 

@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from config import Config, ConfigError, DataConfig, load_config, save_config, to_dict
-from data import (DataBundle, DataError, ImageSet, Stats, device_augmentation, image_size, iterate, load_data,
-                  prepare, train_batches)
+from data import (DataBundle, DataError, ImageSet, Stats, centre_crop, device_augmentation, image_size, iterate,
+                  load_data, prepare, train_batches)
 from models import AlexNet, build_model, count_params
 
 CKPT_FORMAT = "alexnet-lab/1"
@@ -235,11 +235,7 @@ def predict(model: nn.Module, ds: ImageSet, stats: Stats, cfg: DataConfig, devic
     size = image_size(cfg)
     for xb, _ in iterate(ds, list(torch.arange(len(ds.labels)).split(cfg.eval_batch_size)), cfg, device, False):
         logits = 0.0
-        if views:
-            batches = views(xb)
-        else:
-            off = (xb.shape[1] - size) // 2
-            batches = [xb[:, off:off + size, off:off + size]]
+        batches = views(xb) if views else [centre_crop(xb, size)]
         for v in batches:
             with autocast(device, amp):
                 logits = logits + model(prepare(v, stats, channels_last=channels_last)).float()
@@ -413,7 +409,7 @@ def train(cfg: Config, trial=None, resume: str | None = None, data: DataBundle |
                        total=len(batches), desc=f"epoch {epoch}/{cfg.train.epochs}", leave=False, file=sys.stderr,
                        disable=not (cfg.train.progress and is_main), dynamic_ncols=True)
             for i, (xb, y) in enumerate(bar):
-                if startup_s is None:
+                if i == 0 and epoch == start_epoch + 1:
                     startup_s = process_uptime()  # process start -> first training step begins
                 x = prepare(xb, data.stats, aug, gen, cfg.train.channels_last)
                 if world > 1 and not streamed:
@@ -515,8 +511,8 @@ def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, opt: torch.op
     return loss.detach(), logits.detach()
 
 
-def process_uptime() -> float:
-    """Seconds since this process started (Linux: from /proc; elsewhere since this module was first used)."""
+def process_uptime() -> float | None:
+    """Seconds since this process started (read from /proc; None where there is no /proc)."""
     try:
         with open("/proc/self/stat") as f:
             start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
@@ -524,7 +520,7 @@ def process_uptime() -> float:
             uptime = float(f.read().split()[0])
         return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError):
-        return time.perf_counter()
+        return None
 
 
 def check_finite(bad_step: torch.Tensor, epoch: int, opt: torch.optim.Optimizer) -> None:

@@ -197,7 +197,7 @@ def test_streaming_folder_loader_trains_and_evaluates(tmp_path, tiny):
     assert D.streaming(DataConfig(name="folder", memory_gb=1e-6), 10)  # auto streams what does not fit
     assert not D.streaming(DataConfig(name="folder"), 10)
 
-    run = T.train(load_config(None, tiny(f"data.name=folder", f"data.root={root}", "data.loader=stream",
+    run = T.train(load_config(None, tiny("data.name=folder", f"data.root={root}", "data.loader=stream",
                                          "data.image_size=24", "data.resize=28", "data.num_workers=2",
                                          "data.batch_size=8", "data.val_fraction=0.25", "data.pca_lighting=0.1",
                                          "data.flip=true")))
