@@ -99,7 +99,7 @@ def plot_confusion(result: dict, path: str) -> None:
     cm = cm / cm.sum(1, keepdim=True).clamp_min(1)
     k = len(result["classes"])
     fig, ax = plt.subplots(figsize=(1.5 + 0.45 * min(k, 30), 1.2 + 0.45 * min(k, 30)), dpi=100)
-    ax.imshow(cm, cmap="Blues", vmin=0, vmax=1)
+    ax.imshow(cm.numpy(), cmap="Blues", vmin=0, vmax=1)
     if k <= 30:
         ax.set_xticks(range(k), result["classes"], rotation=90, fontsize=8)
         ax.set_yticks(range(k), result["classes"], fontsize=8)

@@ -1,0 +1,221 @@
+"""Re-run the seed's CIFAR-10 table and rebuild REPORT.md: `python report.py [--train] [--only NAME ...] [key=value ...]`.
+
+With --train every row that is missing or unfinished is trained (an unfinished one resumes from its
+last.pt, so after an interrupted session the same command carries on); then the results are read back
+from the run directories into REPORT.md's table (between its markers), docs/learning_curves.png and
+docs/confusion_best.png. key=value overrides apply to every run, e.g. data.root=/data/cifar10 device=cuda.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+from dataclasses import dataclass
+
+import yaml
+
+from config import ConfigError, load_config, to_dict
+from data import DataError
+from train import CheckpointError, TrainingDiverged, load_checkpoint, train
+
+
+@dataclass(frozen=True)
+class Row:
+    config: str         # configs/{config}.yaml
+    label: str
+    seed_result: str    # the seed author's CIFAR-10 *test* top-1 (GPU runs, original PNG images)
+    seeds: tuple[int, ...] = (0,)
+
+
+ROWS = [
+    Row("cifar10_baseline", "no augmentation, no dropout", "74%"),
+    Row("cifar10_augment", "augmentation (crop + flip)", "77%"),
+    Row("cifar10_dropout", "dropout 0.5", "78%"),
+    Row("cifar10_aug_dropout", "augmentation + dropout", "78%"),
+    Row("cifar10_best", "best: LRN + MultiStepLR [20, 30], aug + dropout", "86%", (0, 1)),
+    Row("cifar10_modern", "modern: BatchNorm, nesterov, cosine, label smoothing, cutout", "—"),
+]
+# The shared JPEG training images (data/train/<class>/*.jpg), 45,000 train / 5,000 validation.
+DATA = ["data.name=folder", "data.val_fraction=0.1"]
+# Keys that say where or how fast a run happens, not what it learns: they may differ on resume.
+NOT_RECIPE = {"run_dir", "out_dir", "device", "data.root", "data.cache_dir", "data.loader", "data.memory_gb",
+              "data.num_workers", "data.eval_batch_size", "train.progress", "train.log_every", "train.compile",
+              "train.malloc_tune", "train.channels_last"}
+BEGIN, END = "<!-- report.py table: begin -->", "<!-- report.py table: end -->"
+
+
+def run_dir(runs: str, row: Row, seed: int) -> str:
+    return os.path.join(runs, f"{row.config}-s{seed}")
+
+
+def flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def recipe_changes(old: dict, new: dict) -> list[str]:
+    a, b = flat(old), flat(new)
+    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(a.keys() | b.keys())
+            if k not in NOT_RECIPE and a.get(k) != b.get(k)]
+
+
+def train_row(row: Row, seed: int, runs: str, overrides: list[str]) -> str:
+    """Train (or resume, or skip) one run; returns what happened."""
+    path = run_dir(runs, row, seed)
+    cfg = load_config(os.path.join("configs", f"{row.config}.yaml"),
+                      DATA + overrides + [f"seed={seed}", f"run_dir={path}"])
+    last = os.path.join(path, "last.pt")
+    if not os.path.exists(last):
+        train(cfg)
+        return "trained"
+    ckpt = load_checkpoint(last)
+    changed = recipe_changes(ckpt["config"], to_dict(cfg))
+    if changed:
+        raise ConfigError(f"{path} was trained with a different recipe ({'; '.join(changed[:3])}); "
+                          f"move that folder away to retrain it, or pass the same overrides")
+    if ckpt["epoch"] >= cfg.train.epochs:
+        return "already finished"
+    train(cfg, resume=last)
+    return f"resumed from epoch {ckpt['epoch']}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading runs back
+
+def read_run(path: str) -> dict | None:
+    """History and target epochs of a run directory; None if it has not finished an epoch."""
+    metrics, config = os.path.join(path, "metrics.jsonl"), os.path.join(path, "config.yaml")
+    if not (os.path.isfile(metrics) and os.path.isfile(config)):
+        return None
+    with open(metrics) as f:
+        history = [json.loads(line) for line in f if line.strip()]
+    with open(config) as f:
+        epochs = yaml.safe_load(f)["train"]["epochs"]
+    if not history or "val_top1" not in history[0]:
+        return None
+    return {"path": path, "history": history, "epochs": epochs, "done": history[-1]["epoch"] >= epochs,
+            "best": max(r["val_top1"] for r in history), "final": history[-1]["val_top1"],
+            "minutes": sum(r["epoch_s"] for r in history) / 60,
+            "img_per_s": sum(r["img_per_s"] for r in history) / len(history)}
+
+
+def mean_spread(values: list[float]) -> str:
+    """'0.8612' for one run; 'mean ± half-range (n=2)' for several."""
+    m = sum(values) / len(values)
+    if len(values) == 1:
+        return f"{m:.4f}"
+    return f"{m:.4f} ± {(max(values) - min(values)) / 2:.4f} (n={len(values)})"
+
+
+def command(row: Row, overrides: list[str]) -> str:
+    seeds = "" if row.seeds == (0,) else f" seed=S` for S in {', '.join(map(str, row.seeds))}"
+    return f"`python train.py --config configs/{row.config}.yaml {' '.join(DATA + overrides)}{seeds or '`'}"
+
+
+def table(runs: str, overrides: list[str]) -> str:
+    lines = ["| experiment | seed's test top-1 | our best val top-1 | our final val top-1 | epochs | "
+             "wall min / run | train img/s | command |", "|---|---|---|---|---|---|---|---|"]
+    for row in ROWS:
+        found = [r for r in (read_run(run_dir(runs, row, s)) for s in row.seeds) if r]
+        if not found:
+            lines.append(f"| {row.label} | {row.seed_result} | not run | | | | | {command(row, overrides)} |")
+            continue
+        done = [r for r in found if r["done"]]
+        shown = done or found  # finished runs only, once there are any
+        epochs = f"{shown[0]['epochs']}" if done else \
+            f"{'/'.join(str(r['history'][-1]['epoch']) for r in found)} of {found[0]['epochs']} (running)"
+        lines.append(f"| {row.label} | {row.seed_result} | {mean_spread([r['best'] for r in shown])} | "
+                     f"{mean_spread([r['final'] for r in shown])} | {epochs} | "
+                     f"{sum(r['minutes'] for r in shown) / len(shown):.0f} | "
+                     f"{sum(r['img_per_s'] for r in shown) / len(shown):.0f} | {command(row, overrides)} |")
+    stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+    return "\n".join(lines) + f"\n\n_Generated by `python report.py` from `{runs}/` on {stamp}._"
+
+
+def all_runs(runs: str) -> list[tuple[str, dict]]:
+    return [(f"{row.config} s{s}", r) for row in ROWS for s in row.seeds
+            if (r := read_run(run_dir(runs, row, s)))]
+
+
+def plot_curves(runs: list[tuple[str, dict]], path: str) -> None:
+    """Validation top-1 against epoch, every run on one plot."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=100)
+    for name, r in runs:
+        ax.plot([h["epoch"] for h in r["history"]], [h["val_top1"] for h in r["history"]], label=name,
+                linestyle="-" if r["done"] else ":")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation top-1")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    ax.set_title("CIFAR-10 (JPEG) validation top-1; dotted = unfinished")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def write_report(path: str, body: str) -> None:
+    """Replace the text between the markers (a new REPORT.md gets just a heading and the table)."""
+    text = f"# AlexNet lab: the seed's CIFAR-10 table, re-run\n\n{BEGIN}\n{END}\n"
+    if os.path.exists(path):
+        with open(path) as f:
+            text = f.read()
+    if BEGIN not in text or END not in text:
+        raise ConfigError(f"{path} lacks the table markers {BEGIN} ... {END}; add them where the table goes")
+    head, rest = text.split(BEGIN, 1)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(f"{head}{BEGIN}\n{body}\n{END}{rest.split(END, 1)[1]}")
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="Re-run the seed's CIFAR-10 table and rebuild REPORT.md.")
+    ap.add_argument("--train", action="store_true", help="train missing rows and resume unfinished ones first")
+    ap.add_argument("--only", nargs="+", metavar="CONFIG", choices=[r.config for r in ROWS],
+                    help="train only these rows (the report still shows all)")
+    ap.add_argument("--runs", default=os.path.join("runs", "report"), help="where the table's runs live")
+    ap.add_argument("--report", default="REPORT.md")
+    ap.add_argument("--docs", default="docs", help="where the figures go")
+    ap.add_argument("overrides", nargs="*", metavar="key=value")
+    args = ap.parse_args(argv)
+    failed = False
+    try:
+        if args.train:
+            for row in ROWS:
+                if args.only and row.config not in args.only:
+                    continue
+                for seed in row.seeds:
+                    try:
+                        print(f"{row.config} seed {seed}: {train_row(row, seed, args.runs, args.overrides)}", flush=True)
+                    except TrainingDiverged as e:  # one diverging row should not stop the table
+                        print(f"{row.config} seed {seed}: diverged: {e}", file=sys.stderr)
+                        failed = True
+        runs = all_runs(args.runs)
+        write_report(args.report, table(args.runs, args.overrides))
+        if runs:
+            os.makedirs(args.docs, exist_ok=True)
+            plot_curves(runs, os.path.join(args.docs, "learning_curves.png"))
+            name, best = max(runs, key=lambda nr: nr[1]["best"])
+            from evaluate import evaluate, plot_confusion
+
+            result = evaluate(os.path.join(best["path"], "best.pt"), "val", overrides=args.overrides)
+            plot_confusion(result, os.path.join(args.docs, "confusion_best.png"))
+            print(f"figures in {args.docs}/ (confusion matrix: {name}, val top-1 {result['top1']:.4f})")
+        print(f"{args.report}: table of {len(runs)} runs from {args.runs}/")
+    except (ConfigError, DataError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 3 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

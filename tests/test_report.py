@@ -1,0 +1,74 @@
+"""report.py: trains the table's rows once, resumes unfinished ones, refuses changed recipes, and writes
+the table and figures from what the run directories hold."""
+import json
+import os
+
+import pytest
+import torch
+
+import report
+
+
+def metrics(run: str) -> list[dict]:
+    with open(os.path.join(run, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_table_rows_resume_and_recipe_guard(tmp_path, tiny, capsys):
+    runs, md, docs = tmp_path / "table", tmp_path / "REPORT.md", tmp_path / "docs"
+    md.write_text(f"# Report\n\nintro kept\n\n{report.BEGIN}\nold table\n{report.END}\n\ndiscussion kept\n")
+    args = ["--runs", str(runs), "--report", str(md), "--docs", str(docs), *tiny()]
+    assert report.main(["--train", "--only", "cifar10_baseline", "cifar10_best", *args]) == 0
+
+    text = md.read_text()
+    assert text.startswith("# Report\n\nintro kept") and text.rstrip().endswith("discussion kept")
+    assert "old table" not in text
+    lines = {ln.split(" | ")[0].lstrip("| "): ln for ln in text.splitlines() if ln.startswith("| ")}
+    base = metrics(runs / "cifar10_baseline-s0")
+    assert [r["epoch"] for r in base] == [1, 2]
+    best_val = max(r["val_top1"] for r in base)
+    assert f"| 74% | {best_val:.4f} | {base[-1]['val_top1']:.4f} | 2 |" in lines["no augmentation, no dropout"]
+    s0, s1 = (max(r["val_top1"] for r in metrics(runs / f"cifar10_best-s{s}")) for s in (0, 1))
+    assert f"{(s0 + s1) / 2:.4f} ± {abs(s0 - s1) / 2:.4f} (n=2)" in lines["best: LRN + MultiStepLR [20, 30], aug + dropout"]
+    assert "not run" in lines["augmentation (crop + flip)"]
+    assert "configs/cifar10_augment.yaml data.name=folder data.val_fraction=0.1" in lines["augmentation (crop + flip)"]
+    for png in ("learning_curves.png", "confusion_best.png"):
+        assert (docs / png).read_bytes()[:4] == b"\x89PNG"
+
+    # A second --train trains nothing.
+    last = runs / "cifar10_baseline-s0" / "last.pt"
+    stamp = os.stat(last).st_mtime_ns
+    assert report.main(["--train", "--only", "cifar10_baseline", *args]) == 0
+    assert "already finished" in capsys.readouterr().out
+    assert os.stat(last).st_mtime_ns == stamp
+
+    # An interrupted run (checkpoint at epoch 1) resumes: epoch 2 is trained again, metrics stay one row per epoch.
+    ckpt = torch.load(last, weights_only=True)
+    ckpt["epoch"] = 1
+    torch.save(ckpt, last)
+    assert report.main(["--train", "--only", "cifar10_baseline", *args]) == 0
+    assert "resumed from epoch 1" in capsys.readouterr().out
+    assert [r["epoch"] for r in metrics(runs / "cifar10_baseline-s0")] == [1, 2]
+    assert os.stat(last).st_mtime_ns != stamp
+
+    # A changed recipe is refused rather than silently mixed into the old run; nothing is overwritten.
+    stamp = os.stat(last).st_mtime_ns
+    assert report.main(["--train", "--only", "cifar10_baseline", *args, "model.dropout=0.1"]) == 2
+    err = capsys.readouterr().err
+    assert "different recipe" in err and "model.dropout: 0.0 -> 0.1" in err
+    assert os.stat(last).st_mtime_ns == stamp
+
+
+def test_report_needs_markers(tmp_path):
+    md = tmp_path / "REPORT.md"
+    md.write_text("# hand-written, no markers\n")
+    assert report.main(["--runs", str(tmp_path / "none"), "--report", str(md), "--docs", str(tmp_path / "d")]) == 2
+    assert md.read_text() == "# hand-written, no markers\n"
+
+
+def test_new_report_lists_every_row_as_not_run(tmp_path):
+    md = tmp_path / "REPORT.md"
+    assert report.main(["--runs", str(tmp_path / "none"), "--report", str(md), "--docs", str(tmp_path / "d")]) == 0
+    rows = [ln for ln in md.read_text().splitlines() if ln.startswith("| ") and "not run" in ln]
+    assert len(rows) == len(report.ROWS)
+    assert not (tmp_path / "d").exists()
