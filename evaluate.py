@@ -88,8 +88,8 @@ def evaluate(ckpt_path: str, split: str = "val", tta: str = "none", overrides: l
     return result
 
 
-def plot_confusion(result: dict, path: str) -> None:
-    """Row-normalised confusion matrix as a small PNG."""
+def plot_confusion(result: dict, path: str, title: str = "") -> None:
+    """Row-normalised confusion matrix as a small PNG (title prefixed to the split and top-1)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -109,7 +109,7 @@ def plot_confusion(result: dict, path: str) -> None:
                         color="white" if cm[i, j] > 0.5 else "black")
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(f"{result['split']} top-1 {result['top1']:.4f} (n={result['n']})")
+    ax.set_title(f"{title}{result['split']} top-1 {result['top1']:.4f} (n={result['n']})", fontsize=10)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
             from evaluate import evaluate, plot_confusion
 
             result = evaluate(os.path.join(best["path"], "best.pt"), "val", overrides=args.overrides)
-            plot_confusion(result, os.path.join(args.docs, "confusion_best.png"))
+            plot_confusion(result, os.path.join(args.docs, "confusion_best.png"), f"{name}, best.pt: ")
             print(f"figures in {args.docs}/ (confusion matrix: {name}, val top-1 {result['top1']:.4f})")
         print(f"{args.report}: table of {len(runs)} runs from {args.runs}/")
     except (ConfigError, DataError, CheckpointError) as e:
