@@ -18,7 +18,7 @@ import yaml
 
 from config import ConfigError, load_config, to_dict
 from data import DataError
-from train import CheckpointError, TrainingDiverged, load_checkpoint, train
+from train import CheckpointError, TrainingDiverged, flat_hparams, load_checkpoint, train
 
 
 @dataclass(frozen=True)
@@ -50,15 +50,8 @@ def run_dir(runs: str, row: Row, seed: int) -> str:
     return os.path.join(runs, f"{row.config}-s{seed}")
 
 
-def flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
-
-
 def recipe_changes(old: dict, new: dict) -> list[str]:
-    a, b = flat(old), flat(new)
+    a, b = flat_hparams(old), flat_hparams(new)
     return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(a.keys() | b.keys())
             if k not in NOT_RECIPE and a.get(k) != b.get(k)]
 
