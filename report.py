@@ -11,6 +11,7 @@ import argparse
 import datetime
 import json
 import os
+import statistics
 import sys
 from dataclasses import dataclass
 
@@ -92,8 +93,10 @@ def read_run(path: str) -> dict | None:
         return None
     return {"path": path, "history": history, "epochs": epochs, "done": history[-1]["epoch"] >= epochs,
             "best": max(r["val_top1"] for r in history), "final": history[-1]["val_top1"],
-            "minutes": sum(r["epoch_s"] for r in history) / 60,
-            "img_per_s": sum(r["img_per_s"] for r in history) / len(history)}
+            # Medians, so an epoch that shared the two cores with something else (a CI run, a paused
+            # process) does not skew what a run costs on this machine.
+            "minutes": statistics.median(r["epoch_s"] for r in history) * len(history) / 60,
+            "img_per_s": statistics.median(r["img_per_s"] for r in history)}
 
 
 def mean_spread(values: list[float]) -> str:

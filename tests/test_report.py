@@ -72,3 +72,17 @@ def test_new_report_lists_every_row_as_not_run(tmp_path):
     rows = [ln for ln in md.read_text().splitlines() if ln.startswith("| ") and "not run" in ln]
     assert len(rows) == len(report.ROWS)
     assert not (tmp_path / "d").exists()
+
+
+def test_run_cost_ignores_one_contended_epoch(tmp_path):
+    # Epoch 2 shared the cores with a CI run: the run's cost is read from the median epoch, not the sum.
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("train:\n  epochs: 4\n")
+    rows = [{"epoch": e, "val_top1": v, "epoch_s": s, "img_per_s": ips}
+            for e, v, s, ips in [(1, 0.2, 480, 95), (2, 0.3, 700, 66), (3, 0.4, 490, 94), (4, 0.35, 500, 93)]]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    r = report.read_run(str(run))
+    assert r["done"] and r["best"] == 0.4 and r["final"] == 0.35
+    assert r["minutes"] == pytest.approx(4 * 495 / 60)
+    assert r["img_per_s"] == pytest.approx(93.5)
