@@ -283,12 +283,17 @@ def results_table(study, sw: SweepConfig) -> str:
             std = statistics.stdev(vals) if len(vals) > 1 else 0.0
             lines.append(f"| {' | '.join(map(str, key)) or 'all'} | {statistics.mean(vals):.4f} | ± {std:.4f} | "
                          f"{len(vals)} |")
-    elif len(done) >= 3:
-        try:
-            imp = optuna.importance.get_param_importances(study)
-            lines += ["", "## Parameter importances (fANOVA)", ""] + [f"- `{k}`: {v:.3f}" for k, v in imp.items()]
-        except Exception as e:  # too few distinct trials for the estimator
-            lines += ["", f"Parameter importances unavailable: {e}"]
+    elif done:
+        # Optuna's default estimator (PED-ANOVA) contrasts the top 10% of trials with all of them, so below
+        # 20 trials its "top" is a single trial and the numbers are noise (or, with fewer, equal and warned).
+        if len(done) < 20:
+            lines += ["", f"Parameter importances: need at least 20 finished trials, have {len(done)}."]
+        else:
+            try:
+                imp = optuna.importance.get_param_importances(study)
+                lines += ["", "## Parameter importances (PED-ANOVA)", ""] + [f"- `{k}`: {v:.3f}" for k, v in imp.items()]
+            except Exception as e:  # e.g. every trial took the same values
+                lines += ["", f"Parameter importances unavailable: {e}"]
     if done:
         best = study.best_trial
         lines += ["", f"Best: trial {best.number}, val top-1 {best.value:.4f} ({fmt_params(best.params)})"]

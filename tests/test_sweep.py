@@ -1,4 +1,5 @@
 import os
+import warnings
 
 import optuna
 import pytest
@@ -106,3 +107,19 @@ def test_shipped_sweep_files_validate():
     for f in files:
         sw, base = sweep.load_sweep(f)
         sweep.validate_space(base, sw, [])
+
+
+def test_importances_only_when_the_estimator_can_tell_parameters_apart():
+    def study_of(n):
+        study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+        study.optimize(lambda t: t.suggest_float("lr", 0, 1) + 0.01 * t.suggest_float("wd", 0, 1), n_trials=n)
+        return study
+
+    sw = sweep.SweepConfig(sampler="random")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the estimator's own warning must not escape to the user
+        few = sweep.results_table(study_of(19), sw)
+        many = sweep.results_table(study_of(40), sw)
+    assert "need at least 20 finished trials, have 19" in few and "## Parameter importances" not in few
+    imp = dict(line[3:].split("`: ") for line in many.splitlines() if line.startswith("- `"))
+    assert float(imp["lr"]) > float(imp["wd"])
