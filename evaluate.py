@@ -1,4 +1,4 @@
-"""Score a checkpoint: `python evaluate.py CKPT [--split val|test] [--tta none|flip|ten_crop] [--json FILE]`.
+"""Score a checkpoint: `python evaluate.py CKPT [--split val|train|test] [--tta none|flip|ten_crop] [--json FILE]`.
 
 Model and data are rebuilt from the checkpoint alone (dotted overrides such as data.root=... allowed).
 Prints top-1, top-5, loss and a per-class table, and writes a confusion-matrix PNG beside the checkpoint.
@@ -44,11 +44,13 @@ def tta_views(mode: str, padding: int, size: int):
 
 
 def evaluation_set(cfg, split: str) -> ImageSet:
-    """The validation split carved exactly as training carved it, or the dataset's test split."""
+    """The validation or training split carved exactly as training carved it, or the dataset's test split."""
     if split == "test":
         return load_split(cfg.data, "test")
     full = load_split(cfg.data, "train")
-    _, va = split_indices(full.labels, cfg.data.val_fraction, cfg.data.subset, cfg.data.split_seed)
+    tr, va = split_indices(full.labels, cfg.data.val_fraction, cfg.data.subset, cfg.data.split_seed)
+    if split == "train":  # un-augmented, in eval mode: the other side of the generalisation gap
+        return full.subset(tr)
     if len(va) == 0:
         raise DataError("the run has no validation split (data.val_fraction=0); use --split test")
     return full.subset(va)
@@ -118,8 +120,9 @@ def plot_confusion(result: dict, path: str, title: str = "") -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Evaluate an alexnet-lab checkpoint.")
     ap.add_argument("checkpoint")
-    ap.add_argument("--split", choices=["val", "test"], default="val",
-                    help="val: the run's held-out split (default); test: the dataset's test split")
+    ap.add_argument("--split", choices=["val", "train", "test"], default="val",
+                    help="val: the run's held-out split (default); train: the images it trained on, "
+                         "un-augmented; test: the dataset's test split")
     ap.add_argument("--tta", choices=["none", "flip", "ten_crop"], default="none")
     ap.add_argument("--json", metavar="FILE", help="write the metrics as JSON here")
     ap.add_argument("overrides", nargs="*", metavar="key=value")

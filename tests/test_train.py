@@ -173,6 +173,8 @@ def test_evaluate_json_matches_training_validation(tiny, tmp_path):
     assert os.path.isfile(os.path.join(result["run_dir"], "confusion_val.png"))
     for tta in ("flip", "ten_crop"):
         assert 0 <= evaluate(result["last_checkpoint"], "val", tta)["top1"] <= 1
+    seen = evaluate(result["last_checkpoint"], "train")  # the images it trained on: 48 per class, un-augmented
+    assert seen["n"] == 480 and [sum(row) for row in seen["confusion"]] == [48] * 10
 
 
 def test_evaluate_rejects_bad_checkpoints_and_other_classes(tiny, tmp_path):
