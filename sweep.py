@@ -291,7 +291,8 @@ def results_table(study, sw: SweepConfig) -> str:
         else:
             try:
                 imp = optuna.importance.get_param_importances(study)
-                lines += ["", "## Parameter importances (PED-ANOVA)", ""] + [f"- `{k}`: {v:.3f}" for k, v in imp.items()]
+                lines += ["", "## Parameter importances (PED-ANOVA)", ""]
+                lines += [f"- `{k}`: {v:.3f}" for k, v in imp.items()]
             except Exception as e:  # e.g. every trial took the same values
                 lines += ["", f"Parameter importances unavailable: {e}"]
     if done:
