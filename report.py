@@ -1,9 +1,12 @@
 """Re-run the seed's CIFAR-10 table and rebuild REPORT.md: `python report.py [--train] [--only NAME ...] [key=value ...]`.
 
 With --train every row that is missing or unfinished is trained (an unfinished one resumes from its
-last.pt, so after an interrupted session the same command carries on); then the results are read back
-from the run directories into REPORT.md's table (between its markers), docs/learning_curves.png and
-docs/confusion_best.png. key=value overrides apply to every run, e.g. data.root=/data/cifar10 device=cuda.
+last.pt, so after an interrupted session the same command carries on). Then each run's per-epoch
+metrics are copied from its run directory into a small record, docs/results/<config>-s<seed>.json, which
+is committed: run directories hold checkpoints, stay out of git and can be lost with a machine, the
+records cannot. REPORT.md's table (between its markers) and docs/learning_curves.png are built from the
+records; docs/confusion_best.png needs the best run's best.pt, so it is only redrawn while that exists.
+key=value overrides apply to every run, e.g. data.root=/data/cifar10 device=cuda.
 """
 from __future__ import annotations
 
@@ -81,22 +84,64 @@ def train_row(row: Row, seed: int, runs: str, overrides: list[str]) -> str:
 # Reading runs back
 
 def read_run(path: str) -> dict | None:
-    """History and target epochs of a run directory; None if it has not finished an epoch."""
+    """A run directory as a record {"epochs", "config", "history"}; None before its first validated epoch."""
     metrics, config = os.path.join(path, "metrics.jsonl"), os.path.join(path, "config.yaml")
     if not (os.path.isfile(metrics) and os.path.isfile(config)):
         return None
     with open(metrics) as f:
         history = [json.loads(line) for line in f if line.strip()]
     with open(config) as f:
-        epochs = yaml.safe_load(f)["train"]["epochs"]
+        cfg = yaml.safe_load(f)
     if not history or "val_top1" not in history[0]:
         return None
-    return {"path": path, "history": history, "epochs": epochs, "done": history[-1]["epoch"] >= epochs,
+    return {"epochs": cfg["train"]["epochs"], "config": cfg, "history": history}
+
+
+def summarise(record: dict) -> dict:
+    """Best/final validation top-1, cost and whether it finished. A record whose history was lost carries
+    these figures in "summary" instead (and a "note" saying what happened)."""
+    history = record["history"]
+    if not history:
+        return {**record["summary"], "epochs": record["epochs"], "done": True, "history": []}
+    return {"epochs": record["epochs"], "history": history, "done": history[-1]["epoch"] >= record["epochs"],
             "best": max(r["val_top1"] for r in history), "final": history[-1]["val_top1"],
             # Medians, so an epoch that shared the two cores with something else (a CI run, a paused
             # process) does not skew what a run costs on this machine.
             "minutes": statistics.median(r["epoch_s"] for r in history) * len(history) / 60,
             "img_per_s": statistics.median(r["img_per_s"] for r in history)}
+
+
+def write_json(path: str, obj: dict) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def sync_records(runs: str, results: str) -> dict[tuple[str, int], dict]:
+    """Copy every table run found under `runs` into `results`, then return {(config, seed): summary} of
+    all records. A finished record is not replaced by an unfinished run (a retrain in progress)."""
+    out = {}
+    for row in ROWS:
+        for seed in row.seeds:
+            name = f"{row.config}-s{seed}"
+            path = os.path.join(results, f"{name}.json")
+            kept = None
+            if os.path.isfile(path):
+                with open(path) as f:
+                    kept = json.load(f)
+            found = read_run(run_dir(runs, row, seed))
+            if found and not (kept and summarise(kept)["done"] and not summarise(found)["done"]):
+                os.makedirs(results, exist_ok=True)
+                write_json(path, found)
+                kept = found
+            elif found:
+                print(f"{name}: keeping the finished record {path}; the unfinished run in {runs}/ replaces it "
+                      f"once it finishes")
+            if kept:
+                out[row.config, seed] = summarise(kept)
+    return out
 
 
 def mean_spread(values: list[float]) -> str:
@@ -112,12 +157,7 @@ def command(row: Row, overrides: list[str]) -> str:
     return f"`python train.py --config configs/{row.config}.yaml {' '.join(DATA + overrides)}{seeds or '`'}"
 
 
-def read_all(runs: str) -> dict[tuple[str, int], dict]:
-    """{(config, seed): run} for every run of the table that has finished an epoch."""
-    return {(row.config, s): r for row in ROWS for s in row.seeds if (r := read_run(run_dir(runs, row, s)))}
-
-
-def table(found_runs: dict[tuple[str, int], dict], runs: str, overrides: list[str]) -> str:
+def table(found_runs: dict[tuple[str, int], dict], results: str, overrides: list[str]) -> str:
     lines = ["| experiment | seed's test top-1 | our best val top-1 | our final val top-1 | epochs | "
              "wall min / run | train img/s | command |", "|---|---|---|---|---|---|---|---|"]
     for row in ROWS:
@@ -129,12 +169,17 @@ def table(found_runs: dict[tuple[str, int], dict], runs: str, overrides: list[st
         shown = done or found  # finished runs only, once there are any
         epochs = f"{shown[0]['epochs']}" if done else \
             f"{'/'.join(str(r['history'][-1]['epoch']) for r in found)} of {found[0]['epochs']} (running)"
+        if any(not r["history"] for r in shown):
+            epochs += " †"
         lines.append(f"| {row.label} | {row.seed_result} | {mean_spread([r['best'] for r in shown])} | "
                      f"{mean_spread([r['final'] for r in shown])} | {epochs} | "
                      f"{sum(r['minutes'] for r in shown) / len(shown):.0f} | "
                      f"{sum(r['img_per_s'] for r in shown) / len(shown):.0f} | {command(row, overrides)} |")
     stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
-    return "\n".join(lines) + f"\n\n_Generated by `python report.py` from `{runs}/` on {stamp}._"
+    if any(not r["history"] for r in found_runs.values()):
+        lines.append("\n† Only the summary of this run survives (see the \"note\" in its record): its run directory, "
+                     "checkpoints and per-epoch history were lost, so it is missing from `docs/learning_curves.png`.")
+    return "\n".join(lines) + f"\n\n_Generated by `python report.py` from `{results}/` on {stamp}._"
 
 
 def plot_curves(runs: list[tuple[str, dict]], path: str) -> None:
@@ -146,6 +191,8 @@ def plot_curves(runs: list[tuple[str, dict]], path: str) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=100)
     for name, r in runs:
+        if not r["history"]:
+            continue
         ax.plot([h["epoch"] for h in r["history"]], [h["val_top1"] for h in r["history"]], label=name,
                 linestyle="-" if r["done"] else ":")
     ax.set_xlabel("epoch")
@@ -179,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", nargs="+", metavar="CONFIG", choices=[r.config for r in ROWS],
                     help="train only these rows (the report still shows all)")
     ap.add_argument("--runs", default=os.path.join("runs", "report"), help="where the table's runs live")
+    ap.add_argument("--results", default=os.path.join("docs", "results"),
+                    help="where each run's record (per-epoch metrics, committed) is kept")
     ap.add_argument("--report", default="REPORT.md")
     ap.add_argument("--docs", default="docs", help="where the figures go")
     ap.add_argument("overrides", nargs="*", metavar="key=value")
@@ -195,19 +244,25 @@ def main(argv: list[str] | None = None) -> int:
                     except TrainingDiverged as e:  # one diverging row should not stop the table
                         print(f"{row.config} seed {seed}: diverged: {e}", file=sys.stderr)
                         failed = True
-        found = read_all(args.runs)
+        found = sync_records(args.runs, args.results)
         runs = [(f"{config} s{seed}", r) for (config, seed), r in found.items()]
-        write_report(args.report, table(found, args.runs, args.overrides))
-        if runs:
+        write_report(args.report, table(found, args.results, args.overrides))
+        if any(r["history"] for _, r in runs):  # records without history have no curve to draw
             os.makedirs(args.docs, exist_ok=True)
             plot_curves(runs, os.path.join(args.docs, "learning_curves.png"))
-            name, best = max(runs, key=lambda nr: nr[1]["best"])
-            from evaluate import evaluate, plot_confusion
+        if runs:
+            (config, seed), _ = max(found.items(), key=lambda kr: kr[1]["best"])
+            ckpt = os.path.join(args.runs, f"{config}-s{seed}", "best.pt")
+            if os.path.isfile(ckpt):
+                from evaluate import evaluate, plot_confusion
 
-            result = evaluate(os.path.join(best["path"], "best.pt"), "val", overrides=args.overrides)
-            plot_confusion(result, os.path.join(args.docs, "confusion_best.png"), f"{name}, best.pt: ")
-            print(f"figures in {args.docs}/ (confusion matrix: {name}, val top-1 {result['top1']:.4f})")
-        print(f"{args.report}: table of {len(runs)} runs from {args.runs}/")
+                result = evaluate(ckpt, "val", overrides=args.overrides)
+                os.makedirs(args.docs, exist_ok=True)
+                plot_confusion(result, os.path.join(args.docs, "confusion_best.png"), f"{config} s{seed}, best.pt: ")
+                print(f"confusion matrix of {config} s{seed} (val top-1 {result['top1']:.4f}) in {args.docs}/")
+            else:
+                print(f"confusion matrix not redrawn: the best run's checkpoint {ckpt} is not here")
+        print(f"{args.report}: table of {len(runs)} runs from {args.results}/; curves in {args.docs}/")
     except (ConfigError, DataError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

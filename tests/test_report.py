@@ -17,7 +17,7 @@ def metrics(run: str) -> list[dict]:
 def test_table_rows_resume_and_recipe_guard(tmp_path, tiny, capsys):
     runs, md, docs = tmp_path / "table", tmp_path / "REPORT.md", tmp_path / "docs"
     md.write_text(f"# Report\n\nintro kept\n\n{report.BEGIN}\nold table\n{report.END}\n\ndiscussion kept\n")
-    args = ["--runs", str(runs), "--report", str(md), "--docs", str(docs), *tiny()]
+    args = ["--runs", str(runs), "--report", str(md), "--docs", str(docs), "--results", str(tmp_path / "res"), *tiny()]
     assert report.main(["--train", "--only", "cifar10_baseline", "cifar10_best", *args]) == 0
 
     text = md.read_text()
@@ -62,13 +62,15 @@ def test_table_rows_resume_and_recipe_guard(tmp_path, tiny, capsys):
 def test_report_needs_markers(tmp_path):
     md = tmp_path / "REPORT.md"
     md.write_text("# hand-written, no markers\n")
-    assert report.main(["--runs", str(tmp_path / "none"), "--report", str(md), "--docs", str(tmp_path / "d")]) == 2
+    assert report.main(["--runs", str(tmp_path / "none"), "--report", str(md), "--docs", str(tmp_path / "d"),
+                        "--results", str(tmp_path / "res")]) == 2
     assert md.read_text() == "# hand-written, no markers\n"
 
 
 def test_new_report_lists_every_row_as_not_run(tmp_path):
     md = tmp_path / "REPORT.md"
-    assert report.main(["--runs", str(tmp_path / "none"), "--report", str(md), "--docs", str(tmp_path / "d")]) == 0
+    assert report.main(["--runs", str(tmp_path / "none"), "--report", str(md), "--docs", str(tmp_path / "d"),
+                        "--results", str(tmp_path / "res")]) == 0
     rows = [ln for ln in md.read_text().splitlines() if ln.startswith("| ") and "not run" in ln]
     assert len(rows) == len(report.ROWS)
     assert not (tmp_path / "d").exists()
@@ -82,7 +84,39 @@ def test_run_cost_ignores_one_contended_epoch(tmp_path):
     rows = [{"epoch": e, "val_top1": v, "epoch_s": s, "img_per_s": ips}
             for e, v, s, ips in [(1, 0.2, 480, 95), (2, 0.3, 700, 66), (3, 0.4, 490, 94), (4, 0.35, 500, 93)]]
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    r = report.read_run(str(run))
+    r = report.summarise(report.read_run(str(run)))
     assert r["done"] and r["best"] == 0.4 and r["final"] == 0.35
     assert r["minutes"] == pytest.approx(4 * 495 / 60)
     assert r["img_per_s"] == pytest.approx(93.5)
+
+
+def test_records_outlive_run_directories(tmp_path, tiny, capsys):
+    """The table is rebuilt from the committed records even after runs/ is gone; a retrain in progress
+    does not replace a finished record; a summary-only record (history lost) is shown and marked."""
+    runs, res, md, docs = tmp_path / "runs", tmp_path / "res", tmp_path / "REPORT.md", tmp_path / "docs"
+    args = ["--runs", str(runs), "--report", str(md), "--docs", str(docs), "--results", str(res), *tiny()]
+    res.mkdir()
+    (res / "cifar10_modern-s0.json").write_text(json.dumps(
+        {"epochs": 40, "history": [], "note": "machine lost",
+         "summary": {"best": 0.871, "final": 0.8696, "minutes": 265, "img_per_s": 116}}))
+    assert report.main(["--train", "--only", "cifar10_baseline", *args]) == 0
+    first = md.read_text().split(report.END)[0].rsplit("_Generated", 1)[0]
+    record = json.loads((res / "cifar10_baseline-s0.json").read_text())
+    assert record["history"] == metrics(runs / "cifar10_baseline-s0") and record["config"]["train"]["epochs"] == 2
+    modern = next(ln for ln in first.splitlines() if ln.startswith("| modern"))
+    assert "| 0.8710 | 0.8696 | 40 † | 265 | 116 |" in modern and "† Only the summary" in first
+    # The best record has no checkpoint here, so the confusion matrix is left alone.
+    assert "confusion matrix not redrawn" in capsys.readouterr().out and not (docs / "confusion_best.png").exists()
+
+    finished = runs.rename(tmp_path / "moved")
+    assert report.main(args) == 0
+    assert md.read_text().split(report.END)[0].rsplit("_Generated", 1)[0] == first
+
+    # A retrain of the same row that has done one epoch of two leaves the finished record as it was.
+    (runs / "cifar10_baseline-s0").mkdir(parents=True)
+    for name in ("config.yaml", "metrics.jsonl"):
+        lines = (finished / "cifar10_baseline-s0" / name).read_text().splitlines(keepends=True)
+        (runs / "cifar10_baseline-s0" / name).write_text("".join(lines[:1] if name == "metrics.jsonl" else lines))
+    assert report.main(args) == 0
+    assert "keeping the finished record" in capsys.readouterr().out
+    assert json.loads((res / "cifar10_baseline-s0.json").read_text()) == record
