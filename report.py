@@ -111,11 +111,11 @@ def summarise(record: dict) -> dict:
             "img_per_s": statistics.median(r["img_per_s"] for r in history)}
 
 
-def write_json(path: str, obj: dict) -> None:
+def write_atomic(path: str, text: str) -> None:
+    """Write via a temporary file and a rename, so an interrupted write never leaves half a file."""
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-        f.write("\n")
+        f.write(text)
     os.replace(tmp, path)
 
 
@@ -134,7 +134,7 @@ def sync_records(runs: str, results: str) -> dict[tuple[str, int], dict]:
             found = read_run(run_dir(runs, row, seed))
             if found and not (kept and summarise(kept)["done"] and not summarise(found)["done"]):
                 os.makedirs(results, exist_ok=True)
-                write_json(path, found)
+                write_atomic(path, json.dumps(found, indent=1) + "\n")
                 kept = found
             elif found:
                 print(f"{name}: keeping the finished record {path}; the unfinished run in {runs}/ replaces it "
@@ -214,10 +214,7 @@ def write_report(path: str, body: str) -> None:
     if BEGIN not in text or END not in text:
         raise ConfigError(f"{path} lacks the table markers {BEGIN} ... {END}; add them where the table goes")
     head, rest = text.split(BEGIN, 1)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(f"{head}{BEGIN}\n{body}\n{END}{rest.split(END, 1)[1]}")
-    os.replace(tmp, path)
+    write_atomic(path, f"{head}{BEGIN}\n{body}\n{END}{rest.split(END, 1)[1]}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -258,7 +255,8 @@ def main(argv: list[str] | None = None) -> int:
 
                 result = evaluate(ckpt, "val", overrides=args.overrides)
                 os.makedirs(args.docs, exist_ok=True)
-                plot_confusion(result, os.path.join(args.docs, "confusion_best.png"), f"{config} s{seed}, best.pt: ")
+                plot_confusion(result, os.path.join(args.docs, "confusion_best.png"),
+                               f"{config} s{seed}, best.pt: ")
                 print(f"confusion matrix of {config} s{seed} (val top-1 {result['top1']:.4f}) in {args.docs}/")
             else:
                 print(f"confusion matrix not redrawn: the best run's checkpoint {ckpt} is not here")

@@ -17,7 +17,8 @@ def metrics(run: str) -> list[dict]:
 def test_table_rows_resume_and_recipe_guard(tmp_path, tiny, capsys):
     runs, md, docs = tmp_path / "table", tmp_path / "REPORT.md", tmp_path / "docs"
     md.write_text(f"# Report\n\nintro kept\n\n{report.BEGIN}\nold table\n{report.END}\n\ndiscussion kept\n")
-    args = ["--runs", str(runs), "--report", str(md), "--docs", str(docs), "--results", str(tmp_path / "res"), *tiny()]
+    args = ["--runs", str(runs), "--report", str(md), "--docs", str(docs), "--results", str(tmp_path / "res"),
+            *tiny()]
     assert report.main(["--train", "--only", "cifar10_baseline", "cifar10_best", *args]) == 0
 
     text = md.read_text()
