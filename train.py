@@ -443,6 +443,10 @@ def train(cfg: Config, trial=None, resume: str | None = None, data: DataBundle |
                     raise TrainingDiverged(f"validation loss is {v['loss']} after epoch {epoch} "
                                            f"(lr={current_lr(opt):.3g}): lower optim.lr or add sched.warmup_epochs")
                 row.update(val_loss=v["loss"], val_top1=v["top1"], val_top5=v["top5"])
+                # Identical logits for every image: some layer's ReLUs all output 0 (seen with the seed's
+                # lr 0.1 and no BatchNorm), so no gradient reaches the layers below and it cannot recover.
+                if len(logits) > 1 and bool((logits == logits[:1]).all()):
+                    row["collapsed"] = True
             row["epoch_s"] = time.perf_counter() - t0
             metric = row.get("val_top1", row["train_top1"])
             is_best = metric > best
@@ -453,9 +457,14 @@ def train(cfg: Config, trial=None, resume: str | None = None, data: DataBundle |
             else:
                 sched.step()
             history.append(row)
+            if is_main:  # a collapsed epoch is logged too: it is the run's result
+                log_epoch(writer, metrics_path, row, cfg.train.epochs)
+            if row.get("collapsed"):  # before saving, so last.pt keeps the epoch before the collapse
+                raise TrainingDiverged(f"the network collapsed in epoch {epoch}: every validation image gets the "
+                                       f"same logits (val top-1 {row['val_top1']:.4f}), so it cannot recover; "
+                                       "lower optim.lr or add sched.warmup_epochs; earlier checkpoints are intact")
             if not is_main:
                 continue
-            log_epoch(writer, metrics_path, row, cfg.train.epochs)
             state = {
                 "format": CKPT_FORMAT, "model": model.state_dict(), "optimizer": opt.state_dict(),
                 "scheduler": sched.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch, "step": step,

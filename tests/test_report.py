@@ -121,3 +121,21 @@ def test_records_outlive_run_directories(tmp_path, tiny, capsys):
     assert report.main(args) == 0
     assert "keeping the finished record" in capsys.readouterr().out
     assert json.loads((res / "cifar10_baseline-s0.json").read_text()) == record
+
+
+def test_collapsed_seed_is_footnoted_and_not_retrained(tmp_path, tiny, capsys):
+    runs, res, md, docs = tmp_path / "runs", tmp_path / "res", tmp_path / "REPORT.md", tmp_path / "docs"
+    args = ["--runs", str(runs), "--report", str(md), "--docs", str(docs), "--results", str(res), *tiny()]
+    dead = runs / "cifar10_best-s1"
+    dead.mkdir(parents=True)
+    (dead / "config.yaml").write_text("train:\n  epochs: 2\n")
+    (dead / "metrics.jsonl").write_text(json.dumps(
+        {"epoch": 1, "val_top1": 0.1, "epoch_s": 60, "img_per_s": 100, "collapsed": True}) + "\n")
+    assert report.main(["--train", "--only", "cifar10_best", *args]) == 0
+    assert "cifar10_best seed 1: collapsed in epoch 1, not retrained" in capsys.readouterr().out
+    assert not (dead / "last.pt").exists()
+    s0 = metrics(runs / "cifar10_best-s0")
+    line = next(ln for ln in md.read_text().splitlines() if ln.startswith("| best:"))
+    assert f"| {max(r['val_top1'] for r in s0):.4f} | {s0[-1]['val_top1']:.4f} | 2 ‡ |" in line
+    assert "‡ cifar10_best seed 1 collapsed in epoch 1" in md.read_text() and "0.1000" in md.read_text()
+    assert json.loads((res / "cifar10_best-s1.json").read_text())["history"][0]["collapsed"] is True

@@ -136,6 +136,28 @@ def test_divergence_stops_with_exit_3_and_keeps_checkpoints(tiny, tmp_path):
     assert (run / "last.pt").read_bytes() == before
 
 
+def test_collapsed_network_stops_with_a_logged_epoch_and_no_checkpoint(tiny, tmp_path, monkeypatch):
+    real = T.build_model
+
+    def dead(*args):  # fc7's ReLUs all output 0: every image gets the classifier's bias as logits
+        model = real(*args)
+        with torch.no_grad():
+            model.head.fc7.weight.zero_()
+            model.head.fc7.bias.fill_(-1.0)
+        return model
+
+    monkeypatch.setattr(T, "build_model", dead)
+    run = tmp_path / "r"
+    with pytest.raises(T.TrainingDiverged, match="collapsed in epoch 1.*sched.warmup_epochs"):
+        T.train(load_config(None, tiny(f"run_dir={run}", "train.epochs=2")))
+    rows = [json.loads(line) for line in open(run / "metrics.jsonl")]
+    assert [(r["epoch"], r["collapsed"]) for r in rows] == [(1, True)]
+    assert not (run / "last.pt").exists() and not (run / "best.pt").exists()
+    monkeypatch.undo()  # the same config with the real model trains without tripping the check
+    result = T.train(load_config(None, tiny(f"run_dir={tmp_path / 'ok'}", "train.epochs=1")))
+    assert result["epochs"] == 1
+
+
 def test_bf16_autocast_path_trains(tiny):
     # bf16 autocast is the one AMP path on CPU; forward and loss run inside it, one optimizer step per batch.
     cfg = load_config(None, tiny("train.amp=bf16", "train.epochs=1", "data.synthetic_size=200"))
