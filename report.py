@@ -38,7 +38,8 @@ ROWS = [
     Row("cifar10_augment", "augmentation (crop + flip)", "77%"),
     Row("cifar10_dropout", "dropout 0.5", "78%"),
     Row("cifar10_aug_dropout", "augmentation + dropout", "78%"),
-    Row("cifar10_best", "best: LRN + MultiStepLR [20, 30], aug + dropout", "86%", (0, 1)),
+    # Seed 1 collapsed in its first epoch (REPORT.md, Status), so seed 2 is the second seed that trains.
+    Row("cifar10_best", "best: LRN + MultiStepLR [20, 30], aug + dropout", "86%", (0, 1, 2)),
     Row("cifar10_modern", "modern: BatchNorm, nesterov, cosine, label smoothing, cutout", "—"),
 ]
 # The shared JPEG training images (data/train/<class>/*.jpg), 45,000 train / 5,000 validation.
