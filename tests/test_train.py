@@ -153,6 +153,11 @@ def test_collapsed_network_stops_with_a_logged_epoch_and_no_checkpoint(tiny, tmp
     rows = [json.loads(line) for line in open(run / "metrics.jsonl")]
     assert [(r["epoch"], r["collapsed"]) for r in rows] == [(1, True)]
     assert not (run / "last.pt").exists() and not (run / "best.pt").exists()
+    # Rounding noise between batch sizes does not hide a collapse; logits that depend on the image are not one.
+    same = torch.tensor([[0.1, -0.2, 0.3]]).repeat(6, 1)
+    step = torch.linspace(0, 1, 6)[:, None]
+    assert T.collapsed(same) and T.collapsed(same + step * 3e-6)
+    assert not T.collapsed(same + step * torch.tensor([0.05, -0.05, 0.02]))
     monkeypatch.undo()  # the same config with the real model trains without tripping the check
     result = T.train(load_config(None, tiny(f"run_dir={tmp_path / 'ok'}", "train.epochs=1")))
     assert result["epochs"] == 1
