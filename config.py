@@ -109,6 +109,7 @@ class TrainConfig:
     log_every: int = 50  # steps between progress-bar updates / non-finite checks (host syncs)
     progress: bool = True  # show a tqdm progress bar on stderr
     save_best: bool = True  # keep best.pt at the best validation top-1
+    stop_on_collapse: bool = False  # exit 3 when every validation image gets the same logits (else warn)
 
 
 @dataclass

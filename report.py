@@ -47,7 +47,7 @@ DATA = ["data.name=folder", "data.val_fraction=0.1"]
 # Keys that say where or how fast a run happens, not what it learns: they may differ on resume.
 NOT_RECIPE = {"run_dir", "out_dir", "device", "data.root", "data.cache_dir", "data.loader", "data.memory_gb",
               "data.num_workers", "data.eval_batch_size", "train.progress", "train.log_every", "train.compile",
-              "train.malloc_tune", "train.channels_last"}
+              "train.malloc_tune", "train.channels_last", "train.stop_on_collapse"}
 BEGIN, END = "<!-- report.py table: begin -->", "<!-- report.py table: end -->"
 
 
@@ -65,7 +65,7 @@ def train_row(row: Row, seed: int, runs: str, overrides: list[str]) -> str:
     """Train (or resume, or skip) one run; returns what happened."""
     path = run_dir(runs, row, seed)
     cfg = load_config(os.path.join("configs", f"{row.config}.yaml"),
-                      DATA + overrides + [f"seed={seed}", f"run_dir={path}"])
+                      DATA + overrides + [f"seed={seed}", f"run_dir={path}", "train.stop_on_collapse=true"])
     last = os.path.join(path, "last.pt")
     ran = read_run(path)
     if ran and ran["history"][-1].get("collapsed"):  # retraining the same seed collapses the same way

@@ -136,7 +136,7 @@ def test_divergence_stops_with_exit_3_and_keeps_checkpoints(tiny, tmp_path):
     assert (run / "last.pt").read_bytes() == before
 
 
-def test_collapsed_network_stops_with_a_logged_epoch_and_no_checkpoint(tiny, tmp_path, monkeypatch):
+def test_collapsed_network_is_flagged_and_warned_about(tiny, tmp_path, monkeypatch, capsys):
     real = T.build_model
 
     def dead(*args):  # fc7's ReLUs all output 0: every image gets the classifier's bias as logits
@@ -148,19 +148,26 @@ def test_collapsed_network_stops_with_a_logged_epoch_and_no_checkpoint(tiny, tmp
 
     monkeypatch.setattr(T, "build_model", dead)
     run = tmp_path / "r"
+    T.train(load_config(None, tiny(f"run_dir={run}", "train.epochs=2")))
+    assert capsys.readouterr().err.count("every validation image gets the same logits") == 2
+    assert [(r["epoch"], r.get("collapsed")) for r in map(json.loads, open(run / "metrics.jsonl"))] == [
+        (1, True), (2, True)]
+    monkeypatch.undo()  # the same config with the real model is not flagged
+    T.train(load_config(None, tiny(f"run_dir={tmp_path / 'ok'}", "train.epochs=1")))
+    assert "collapsed" not in (tmp_path / "ok" / "metrics.jsonl").read_text()
+    assert "same logits" not in capsys.readouterr().err
+    # With train.stop_on_collapse the run stops after logging the epoch, before writing any checkpoint.
+    monkeypatch.setattr(T, "build_model", dead)
+    stopped = tmp_path / "stopped"
     with pytest.raises(T.TrainingDiverged, match="collapsed in epoch 1.*sched.warmup_epochs"):
-        T.train(load_config(None, tiny(f"run_dir={run}", "train.epochs=2")))
-    rows = [json.loads(line) for line in open(run / "metrics.jsonl")]
-    assert [(r["epoch"], r["collapsed"]) for r in rows] == [(1, True)]
-    assert not (run / "last.pt").exists() and not (run / "best.pt").exists()
+        T.train(load_config(None, tiny(f"run_dir={stopped}", "train.stop_on_collapse=true")))
+    assert [json.loads(line)["epoch"] for line in open(stopped / "metrics.jsonl")] == [1]
+    assert not (stopped / "last.pt").exists()
     # Rounding noise between batch sizes does not hide a collapse; logits that depend on the image are not one.
     same = torch.tensor([[0.1, -0.2, 0.3]]).repeat(6, 1)
     step = torch.linspace(0, 1, 6)[:, None]
     assert T.collapsed(same) and T.collapsed(same + step * 3e-6)
     assert not T.collapsed(same + step * torch.tensor([0.05, -0.05, 0.02]))
-    monkeypatch.undo()  # the same config with the real model trains without tripping the check
-    result = T.train(load_config(None, tiny(f"run_dir={tmp_path / 'ok'}", "train.epochs=1")))
-    assert result["epochs"] == 1
 
 
 def test_bf16_autocast_path_trains(tiny):
