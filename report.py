@@ -102,8 +102,8 @@ def read_run(path: str) -> dict | None:
 
 
 def summarise(record: dict) -> dict:
-    """Best/final validation top-1, cost and whether it finished (a run that collapsed has finished: it
-    cannot recover). A record whose history was lost carries these figures in "summary" instead (and a
+    """Best/final validation top-1, cost and whether it finished (a run that collapsed has finished:
+    train_row stops it there). A record whose history was lost carries these figures in "summary" instead (and a
     "note" saying what happened)."""
     history = record["history"]
     if not history:
