@@ -548,7 +548,7 @@ def collapsed(logits: torch.Tensor) -> bool:
     different GEMM paths): the run is at chance. cifar10_best seed 1 (lr 0.1, no BatchNorm) got there in
     epoch 1 (3e-5 of the logits' size) and was still there at epoch 2; a healthy network's logits vary across images by
     about their size (8.1 on 5.6 for seed 2 after one epoch). Only a warning, because paper init starts
-    here too (1e-4 at initialisation) and such a run can still grow out of it."""
+    close to here (1e-4 at initialisation), so an early flag alone does not prove a run is stuck."""
     spread = (logits.amax(0) - logits.amin(0)).max()
     return bool(spread <= 1e-3 * logits.abs().max())
 
