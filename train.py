@@ -546,9 +546,10 @@ def check_finite(bad_step: torch.Tensor, epoch: int, opt: torch.optim.Optimizer)
 def collapsed(logits: torch.Tensor) -> bool:
     """True when every image gets the same logits up to float rounding (batches of different sizes take
     different GEMM paths): the run is at chance. cifar10_best seed 1 (lr 0.1, no BatchNorm) got there in
-    epoch 1 (3e-5 of the logits' size) and was still there at epoch 2; a healthy network's logits vary across images by
-    about their size (8.1 on 5.6 for seed 2 after one epoch). Only a warning, because paper init starts
-    close to here (1e-4 at initialisation), so an early flag alone does not prove a run is stuck."""
+    epoch 1 (3e-5 of the logits' size) and was still there at epoch 2; a healthy network's logits vary
+    across images by about their size (8.1 on 5.6 for seed 2 after one epoch). Only a warning, because
+    paper init starts close to here (1e-4 at initialisation), so an early flag alone does not prove a run
+    is stuck."""
     spread = (logits.amax(0) - logits.amin(0)).max()
     return bool(spread <= 1e-3 * logits.abs().max())
 
