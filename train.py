@@ -24,6 +24,7 @@ from data import (DataBundle, DataError, ImageSet, Stats, centre_crop, device_au
 from models import AlexNet, build_model, count_params
 
 CKPT_FORMAT = "alexnet-lab/1"
+DIVERGE_FIX = "lower optim.lr or add sched.warmup_epochs"  # the advice every divergence message gives
 
 
 class CheckpointError(RuntimeError):
@@ -441,14 +442,14 @@ def train(cfg: Config, trial=None, resume: str | None = None, data: DataBundle |
                 v = score(logits, data.val.labels)
                 if not math.isfinite(v["loss"]):
                     raise TrainingDiverged(f"validation loss is {v['loss']} after epoch {epoch} "
-                                           f"(lr={current_lr(opt):.3g}): lower optim.lr or add sched.warmup_epochs")
+                                           f"(lr={current_lr(opt):.3g}): {DIVERGE_FIX}")
                 row.update(val_loss=v["loss"], val_top1=v["top1"], val_top5=v["top5"])
                 if len(logits) > 1 and collapsed(logits):  # a warning, not an error: see collapsed()
                     row["collapsed"] = True
                     if is_main and not cfg.train.stop_on_collapse:
                         print(f"warning: epoch {epoch}: every validation image gets the same logits (val top-1 "
-                              f"{v['top1']:.4f}); if this persists, stop and lower optim.lr or add "
-                              "sched.warmup_epochs", file=sys.stderr, flush=True)
+                              f"{v['top1']:.4f}); if this persists, stop and {DIVERGE_FIX}",
+                              file=sys.stderr, flush=True)
             row["epoch_s"] = time.perf_counter() - t0
             metric = row.get("val_top1", row["train_top1"])
             is_best = metric > best
@@ -463,8 +464,8 @@ def train(cfg: Config, trial=None, resume: str | None = None, data: DataBundle |
                 log_epoch(writer, metrics_path, row, cfg.train.epochs)
             if row.get("collapsed") and cfg.train.stop_on_collapse:  # before saving: last.pt keeps the epoch before
                 raise TrainingDiverged(f"the network collapsed in epoch {epoch}: every validation image gets the "
-                                       f"same logits (val top-1 {row['val_top1']:.4f}); lower optim.lr or add "
-                                       "sched.warmup_epochs; earlier checkpoints are intact")
+                                       f"same logits (val top-1 {row['val_top1']:.4f}); {DIVERGE_FIX}; "
+                                       "earlier checkpoints are intact")
             if not is_main:
                 continue
             state = {
