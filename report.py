@@ -106,8 +106,12 @@ def summarise(record: dict) -> dict:
     train_row stops it there). A record whose history was lost carries these figures in "summary" instead (and a
     "note" saying what happened)."""
     history = record["history"]
+    # train.py records the machine with every epoch; records made before it did carry it once, by hand.
+    machines = [f"{r['hardware']}, {r['precision']}" for r in history if "hardware" in r]
+    machine = " + ".join(sorted(set(machines), key=machines.index)) or record.get("hardware", "not recorded")
     if not history:
-        return {**record["summary"], "epochs": record["epochs"], "done": True, "collapsed": False, "history": []}
+        return {**record["summary"], "epochs": record["epochs"], "done": True, "collapsed": False, "history": [],
+                "machine": machine}
     collapsed = bool(history[-1].get("collapsed"))
     return {"epochs": record["epochs"], "history": history, "collapsed": collapsed,
             "done": collapsed or history[-1]["epoch"] >= record["epochs"],
@@ -115,7 +119,7 @@ def summarise(record: dict) -> dict:
             # Medians, so an epoch that shared the two cores with something else (a CI run, a paused
             # process) does not skew what a run costs on this machine.
             "minutes": statistics.median(r["epoch_s"] for r in history) * len(history) / 60,
-            "img_per_s": statistics.median(r["img_per_s"] for r in history)}
+            "img_per_s": statistics.median(r["img_per_s"] for r in history), "machine": machine}
 
 
 def write_atomic(path: str, text: str) -> None:
@@ -166,12 +170,12 @@ def command(row: Row, overrides: list[str]) -> str:
 
 def table(found_runs: dict[tuple[str, int], dict], results: str, overrides: list[str]) -> str:
     lines = ["| experiment | seed's test top-1 | our best val top-1 | our final val top-1 | epochs | "
-             "wall min / run | train img/s | command |", "|---|---|---|---|---|---|---|---|"]
+             "wall min / run | train img/s | machine, precision | command |", "|---|---|---|---|---|---|---|---|---|"]
     notes = []
     for row in ROWS:
         found = {s: found_runs[row.config, s] for s in row.seeds if (row.config, s) in found_runs}
         if not found:
-            lines.append(f"| {row.label} | {row.seed_result} | not run | | | | | {command(row, overrides)} |")
+            lines.append(f"| {row.label} | {row.seed_result} | not run | | | | | | {command(row, overrides)} |")
             continue
         for s, r in found.items():
             if r["collapsed"]:
@@ -190,7 +194,8 @@ def table(found_runs: dict[tuple[str, int], dict], results: str, overrides: list
         lines.append(f"| {row.label} | {row.seed_result} | {mean_spread([r['best'] for r in shown])} | "
                      f"{mean_spread([r['final'] for r in shown])} | {epochs} | "
                      f"{sum(r['minutes'] for r in shown) / len(shown):.0f} | "
-                     f"{sum(r['img_per_s'] for r in shown) / len(shown):.0f} | {command(row, overrides)} |")
+                     f"{sum(r['img_per_s'] for r in shown) / len(shown):.0f} | "
+                     f"{'; '.join(sorted({r['machine'] for r in shown}))} | {command(row, overrides)} |")
     stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
     if any(not r["history"] for r in found_runs.values()):
         lines.append("\n† Only the summary of this run survives (see the \"note\" in its record): its run directory, "

@@ -68,6 +68,19 @@ def cpu_has_native_bf16() -> bool:
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
+def hardware(device: torch.device, world: int) -> str:
+    """What a run trained on, kept with every epoch's metrics: speed (and, through bf16, the numbers
+    themselves) depends on it, and a run resumed on another machine mixes two."""
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} x{world}"
+    name = "unknown CPU"
+    if os.path.isfile("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), name)
+    bf16 = "native bf16" if cpu_has_native_bf16() else "no native bf16"
+    return f"{name}, {torch.get_num_threads()} threads, {bf16}"
+
+
 def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for `train.amp` on this device; None means full fp32."""
     if amp == "off":
@@ -378,12 +391,13 @@ def train(cfg: Config, trial=None, resume: str | None = None, data: DataBundle |
         trim_metrics(metrics_path, start_epoch)
         writer = open_tensorboard(run_dir, cfg, purge_step=start_epoch + 1 if ckpt is not None else None)
     n_train, n_val = len(data.train.labels), len(data.val.labels)
+    machine = {"hardware": hardware(device, world), "precision": str(amp or torch.float32).removeprefix("torch.")}
     streamed = data.train.images is None
     aug = device_augmentation(cfg.data, streamed)
     if is_main:
         print(f"run {run_dir}: {cfg.data.name} {n_train} train / {n_val} val images of {data.image_size}px, "
               f"{len(classes)} classes; {count_params(model, True):,} trainable of {count_params(model):,} params; "
-              f"device {device.type} x{world}, amp {amp or 'off'}", flush=True)
+              f"{machine['hardware']}, {machine['precision']}", flush=True)
 
     from tqdm import tqdm
 
@@ -436,7 +450,7 @@ def train(cfg: Config, trial=None, resume: str | None = None, data: DataBundle |
             sync(device)
             train_s = time.perf_counter() - t0
             row = {"epoch": epoch, "step": step, "lr": current_lr(opt), "train_loss": loss_sum.item() / max(seen, 1),
-                   "train_top1": correct.item() / max(seen, 1), "img_per_s": seen / train_s, "train_s": train_s}
+                   "train_top1": correct.item() / max(seen, 1), "img_per_s": seen / train_s, "train_s": train_s, **machine}
             if n_val:
                 logits = predict(model, data.val, data.stats, cfg.data, device, amp, cfg.train.channels_last)
                 v = score(logits, data.val.labels)

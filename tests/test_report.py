@@ -29,6 +29,9 @@ def test_table_rows_resume_and_recipe_guard(tmp_path, tiny, capsys):
     assert [r["epoch"] for r in base] == [1, 2]
     best_val = max(r["val_top1"] for r in base)
     assert f"| 74% | {best_val:.4f} | {base[-1]['val_top1']:.4f} | 2 |" in lines["no augmentation, no dropout"]
+    # The machine train.py ran on is recorded with every epoch and shown in the table.
+    machine = f"{base[0]['hardware']}, {base[0]['precision']}"
+    assert "threads" in machine and f"| {machine} | `python train.py" in lines["no augmentation, no dropout"]
     bests = [max(r["val_top1"] for r in metrics(runs / f"cifar10_best-s{s}")) for s in (0, 1, 2)]
     spread = f"{sum(bests) / 3:.4f} ± {(max(bests) - min(bests)) / 2:.4f} (n=3)"
     assert spread in lines["best: LRN + MultiStepLR [20, 30], aug + dropout"]
@@ -83,13 +86,16 @@ def test_run_cost_ignores_one_contended_epoch(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.yaml").write_text("train:\n  epochs: 4\n")
-    rows = [{"epoch": e, "val_top1": v, "epoch_s": s, "img_per_s": ips}
-            for e, v, s, ips in [(1, 0.2, 480, 95), (2, 0.3, 700, 66), (3, 0.4, 490, 94), (4, 0.35, 500, 93)]]
+    # It was also resumed on another machine after epoch 2: both are named, in order.
+    rows = [{"epoch": e, "val_top1": v, "epoch_s": s, "img_per_s": ips, "hardware": hw, "precision": p}
+            for e, v, s, ips, hw, p in [(1, 0.2, 480, 95, "A", "float32"), (2, 0.3, 700, 66, "A", "float32"),
+                                        (3, 0.4, 490, 94, "B", "bfloat16"), (4, 0.35, 500, 93, "B", "bfloat16")]]
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     r = report.summarise(report.read_run(str(run)))
     assert r["done"] and r["best"] == 0.4 and r["final"] == 0.35
     assert r["minutes"] == pytest.approx(4 * 495 / 60)
     assert r["img_per_s"] == pytest.approx(93.5)
+    assert r["machine"] == "A, float32 + B, bfloat16"
 
 
 def test_records_outlive_run_directories(tmp_path, tiny, capsys):
@@ -99,14 +105,14 @@ def test_records_outlive_run_directories(tmp_path, tiny, capsys):
     args = ["--runs", str(runs), "--report", str(md), "--docs", str(docs), "--results", str(res), *tiny()]
     res.mkdir()
     (res / "cifar10_modern-s0.json").write_text(json.dumps(
-        {"epochs": 40, "history": [], "note": "machine lost",
+        {"epochs": 40, "history": [], "note": "machine lost", "hardware": "old VM, float32",
          "summary": {"best": 0.871, "final": 0.8696, "minutes": 265, "img_per_s": 116}}))
     assert report.main(["--train", "--only", "cifar10_baseline", *args]) == 0
     first = md.read_text().split(report.END)[0].rsplit("_Generated", 1)[0]
     record = json.loads((res / "cifar10_baseline-s0.json").read_text())
     assert record["history"] == metrics(runs / "cifar10_baseline-s0") and record["config"]["train"]["epochs"] == 2
     modern = next(ln for ln in first.splitlines() if ln.startswith("| modern"))
-    assert "| 0.8710 | 0.8696 | 40 † | 265 | 116 |" in modern and "† Only the summary" in first
+    assert "| 0.8710 | 0.8696 | 40 † | 265 | 116 | old VM, float32 |" in modern and "† Only the summary" in first
     # The best record has no checkpoint here, so the confusion matrix is left alone.
     assert "confusion matrix not redrawn" in capsys.readouterr().out and not (docs / "confusion_best.png").exists()
 
