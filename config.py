@@ -212,6 +212,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     elif tp is str:
         if isinstance(value, str):
             return value
+        if isinstance(value, bool):  # YAML 1.1 reads `off`/`on` (also no/yes) as booleans; choices spell them out
+            return "on" if value else "off"
     else:  # pragma: no cover - only the annotations above are used
         raise AssertionError(f"unsupported annotation {tp} for {key}")
     raise ConfigError(f"{key}: expected {tp.__name__}, got {value!r} ({type(value).__name__})")

@@ -29,6 +29,14 @@ def test_float_written_without_dot_and_int_for_float(tmp_path):
     assert cfg.optim.lr == 1e-3 and isinstance(cfg.optim.weight_decay, float)
 
 
+def test_off_unquoted_is_the_string_off(tmp_path):
+    # YAML 1.1 reads a bare `off` as False; `train.amp: off` must still mean fp32, in a file or an override.
+    assert load_config(write(tmp_path / "c.yaml", "train:\n  amp: off\n")).train.amp == "off"
+    assert load_config(None, ["train.amp=off"]).train.amp == "off"
+    with pytest.raises(ConfigError, match="train.amp.*auto"):  # `on` is not a choice: named, not guessed
+        load_config(None, ["train.amp=on"])
+
+
 @pytest.mark.parametrize("override, words", [
     (["optim.lrr=0.1"], ["optim.lrr", "optim.lr"]),
     (["modle.dropout=0.1"], ["modle", "model"]),

@@ -6,8 +6,10 @@ import torch
 
 
 def test_two_gloo_ranks_match_one_process_with_the_global_batch(tiny, tmp_path):
+    # fp32: under bf16 autocast (train.amp=auto on CPUs with native bf16) two half-batches round differently
+    # from one whole batch, so the runs drift apart by ~1e-2 in two epochs; the claim here is the maths.
     common = tiny("model.dropout=0", "data.synthetic_size=800", "train.epochs=2", "data.crop_padding=2",
-                  "data.flip=true")
+                  "data.flip=true", "train.amp=off")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     single = subprocess.run([sys.executable, "train.py", *common, "data.batch_size=32", f"run_dir={tmp_path / 'one'}"],
                             capture_output=True, text=True, env=env, timeout=300)
