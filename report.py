@@ -106,9 +106,10 @@ def summarise(record: dict) -> dict:
     train_row stops it there). A record whose history was lost carries these figures in "summary" instead (and a
     "note" saying what happened)."""
     history = record["history"]
-    # train.py records the machine with every epoch; records made before it did carry it once, by hand.
-    machines = [f"{r['hardware']}, {r['precision']}" for r in history if "hardware" in r]
-    machine = " + ".join(sorted(set(machines), key=machines.index)) or record.get("hardware", "not recorded")
+    # train.py records the machine with every epoch; older records name it once, written by hand.
+    older = record.get("hardware", "not recorded")
+    machines = [f"{r['hardware']}, {r['precision']}" if "hardware" in r else older for r in history] or [older]
+    machine = " + ".join(sorted(set(machines), key=machines.index))
     if not history:
         return {**record["summary"], "epochs": record["epochs"], "done": True, "collapsed": False, "history": [],
                 "machine": machine}

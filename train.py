@@ -78,7 +78,7 @@ def hardware(device: torch.device, world: int) -> str:
         with open("/proc/cpuinfo") as f:
             name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), name)
     bf16 = "native bf16" if cpu_has_native_bf16() else "no native bf16"
-    return f"{name}, {torch.get_num_threads()} threads, {bf16}"
+    return f"{name}, {torch.get_num_threads()} threads{f' x{world} processes' if world > 1 else ''}, {bf16}"
 
 
 def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
