@@ -212,8 +212,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     elif tp is str:
         if isinstance(value, str):
             return value
-        if isinstance(value, bool):  # YAML 1.1 reads `off`/`on` (also no/yes) as booleans; choices spell them out
-            return "on" if value else "off"
+        if isinstance(value, bool):  # YAML 1.1 reads bare on/off/yes/no as booleans
+            raise ConfigError(f"{key}: expected a string, got {value!r}, which is how YAML reads a bare "
+                              f"on/off/yes/no; quote it")
     else:  # pragma: no cover - only the annotations above are used
         raise AssertionError(f"unsupported annotation {tp} for {key}")
     raise ConfigError(f"{key}: expected {tp.__name__}, got {value!r} ({type(value).__name__})")
@@ -233,8 +234,10 @@ def build(cls: type, raw: dict, prefix: str = "") -> Any:
         if dataclasses.is_dataclass(tp):
             kwargs[key] = build(tp, value, f"{prefix}{key}.")
         else:
-            kwargs[key] = _coerce(value, tp, prefix + key)
             choices = fields[key].metadata.get("choices")
+            if tp is str and isinstance(value, bool) and choices:  # YAML 1.1 reads a bare on/off as a bool
+                value = "on" if value else "off"  # `train.amp: off` means the choice "off"
+            kwargs[key] = _coerce(value, tp, prefix + key)
             if choices and kwargs[key] not in choices:
                 raise ConfigError(f"{prefix}{key}: {kwargs[key]!r} is not one of {', '.join(choices)}")
     return cls(**kwargs)

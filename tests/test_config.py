@@ -35,6 +35,8 @@ def test_off_unquoted_is_the_string_off(tmp_path):
     assert load_config(None, ["train.amp=off"]).train.amp == "off"
     with pytest.raises(ConfigError, match="train.amp.*auto"):  # `on` is not a choice: named, not guessed
         load_config(None, ["train.amp=on"])
+    with pytest.raises(ConfigError, match="name: expected a string.*quote it"):  # free text: no guessing
+        load_config(write(tmp_path / "n.yaml", "name: yes\n"))
 
 
 @pytest.mark.parametrize("override, words", [
