@@ -22,7 +22,7 @@ from torch import nn
 from config import ConfigError, load_config
 from data import DataError, load_data, prepare, train_batches
 from models import LRN, build_model, reference_lrn
-from train import (autocast, build_optimizer, predict, process_uptime, resolve_amp, resolve_device, sync,
+from train import (autocast, build_optimizer, hardware, predict, process_uptime, resolve_amp, resolve_device, sync,
                    train_step, tune_cpu_allocator)
 
 
@@ -179,7 +179,7 @@ def bench(cfg, steps: int, warmup: int, reference_amp: str, skip_reference: bool
                                                                max(2, steps // 2))
     img_per_s = bs / sec
     result = {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu x{torch.get_num_threads()}",
+        "device": hardware(device, 1),  # the same machine line train.py records with every epoch
         "config": cfg.name, "batch_size": bs, "amp": str(amp).replace("torch.", "") if amp else "off",
         "img_per_s": img_per_s, "eval_img_per_s": eval_img_per_s,
         "reference_img_per_s": ref_ips, "reference_amp": ref_amp,

@@ -11,6 +11,7 @@ import contextlib
 import json
 import math
 import os
+import platform
 import sys
 import time
 
@@ -73,7 +74,7 @@ def hardware(device: torch.device, world: int) -> str:
     themselves) depends on it, and a run resumed on another machine mixes two."""
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)} x{world}"
-    name = "unknown CPU"
+    name = platform.processor() or platform.machine() or "unknown CPU"  # Linux has the full name below
     if os.path.isfile("/proc/cpuinfo"):
         with open("/proc/cpuinfo") as f:
             name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), name)
