@@ -235,11 +235,13 @@ def build(cls: type, raw: dict, prefix: str = "") -> Any:
             kwargs[key] = build(tp, value, f"{prefix}{key}.")
         else:
             choices = fields[key].metadata.get("choices")
-            if tp is str and isinstance(value, bool) and choices:  # YAML 1.1 reads a bare on/off as a bool
+            read_as_bool = tp is str and isinstance(value, bool) and choices  # YAML 1.1: bare on/off/yes/no
+            if read_as_bool:
                 value = "on" if value else "off"  # `train.amp: off` means the choice "off"
             kwargs[key] = _coerce(value, tp, prefix + key)
             if choices and kwargs[key] not in choices:
-                raise ConfigError(f"{prefix}{key}: {kwargs[key]!r} is not one of {', '.join(choices)}")
+                why = " (YAML reads a bare on/off/yes/no as a boolean)" if read_as_bool else ""
+                raise ConfigError(f"{prefix}{key}: {kwargs[key]!r}{why} is not one of {', '.join(choices)}")
     return cls(**kwargs)
 
 
