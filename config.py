@@ -212,6 +212,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     elif tp is str:
         if isinstance(value, str):
             return value
+        if isinstance(value, bool):  # YAML 1.1 reads bare on/off/yes/no as booleans, also inside lists
+            raise ConfigError(f"{key}: expected a string, got {value!r}, which is how YAML reads a "
+                              f"bare on/off/yes/no; quote it")
     else:  # pragma: no cover - only the annotations above are used
         raise AssertionError(f"unsupported annotation {tp} for {key}")
     raise ConfigError(f"{key}: expected {tp.__name__}, got {value!r} ({type(value).__name__})")
@@ -232,12 +235,9 @@ def build(cls: type, raw: dict, prefix: str = "") -> Any:
             kwargs[key] = build(tp, value, f"{prefix}{key}.")
         else:
             choices = fields[key].metadata.get("choices")
-            read_as_bool = tp is str and isinstance(value, bool)  # YAML 1.1 reads bare on/off/yes/no as booleans
-            if read_as_bool and not choices:
-                raise ConfigError(f"{prefix}{key}: expected a string, got {value!r}, which is how YAML reads a "
-                                  f"bare on/off/yes/no; quote it")
+            read_as_bool = bool(choices) and tp is str and isinstance(value, bool)
             if read_as_bool:
-                value = "on" if value else "off"  # `train.amp: off` means the choice "off"
+                value = "on" if value else "off"  # `train.amp: off` means the choice "off", not False
             kwargs[key] = _coerce(value, tp, prefix + key)
             if choices and kwargs[key] not in choices:
                 why = " (YAML reads a bare on/off/yes/no as a boolean)" if read_as_bool else ""

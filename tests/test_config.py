@@ -37,6 +37,8 @@ def test_off_unquoted_is_the_string_off(tmp_path):
         load_config(None, ["train.amp=on"])
     with pytest.raises(ConfigError, match="name: expected a string.*quote it"):  # free text: no guessing
         load_config(write(tmp_path / "n.yaml", "name: yes\n"))
+    with pytest.raises(ConfigError, match=r"model.freeze\[1\]: expected a string.*quote it"):  # inside a list too
+        load_config(write(tmp_path / "f.yaml", "model:\n  freeze: [conv1, on]\n"))
 
 
 @pytest.mark.parametrize("override, words", [
