@@ -38,7 +38,8 @@ class ModelConfig:
     norm: str = choice("lrn", ("lrn", "batch", "layer", "none"))  # normalisation layer type
     norm_after: list[int] = field(default_factory=lambda: [1, 2])  # 1-based convs followed by the normalisation
     lrn_size: int = 5  # LRN window n (channels)
-    lrn_alpha: float = 1e-4  # LRN alpha multiplying the *sum* of squares (paper's convention)
+    lrn_alpha: float = 1e-4  # LRN alpha; what it multiplies is set by lrn_alpha_on
+    lrn_alpha_on: str = choice("sum", ("sum", "mean"))  # sum: the paper's formula; mean: nn.LocalResponseNorm's (alpha/n on the sum)
     lrn_beta: float = 0.75  # LRN exponent
     lrn_k: float = 2.0  # LRN additive constant
     activation: str = choice("relu", ("relu", "leaky_relu", "gelu", "silu"))  # nonlinearity everywhere

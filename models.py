@@ -81,6 +81,15 @@ def reference_lrn(size: int, alpha: float, beta: float, k: float) -> nn.LocalRes
     return nn.LocalResponseNorm(size, alpha=alpha * size, beta=beta, k=k)
 
 
+def lrn_sum_alpha(cfg: ModelConfig) -> float:
+    """The config's LRN alpha in the paper's convention (multiplying the window sum) that LRN takes.
+
+    The seed's nn.LocalResponseNorm(5, alpha=1e-4) is lrn_alpha=1e-4 with lrn_alpha_on=mean: 2e-5 on the
+    sum, a fifth of the paper's 1e-4. Both conventions are common, so configs say which one they mean.
+    """
+    return cfg.lrn_alpha / cfg.lrn_size if cfg.lrn_alpha_on == "mean" else cfg.lrn_alpha
+
+
 # ---------------------------------------------------------------------------------------------
 # AlexNet
 
@@ -125,7 +134,7 @@ class AlexNet(nn.Module):
             layers.append((f"act{i}", act()))
             side = conv_out(side, k, s, p)
             if i in cfg.norm_after and cfg.norm != "none":
-                norm = {"lrn": lambda: LRN(cfg.lrn_size, cfg.lrn_alpha, cfg.lrn_beta, cfg.lrn_k),
+                norm = {"lrn": lambda: LRN(cfg.lrn_size, lrn_sum_alpha(cfg), cfg.lrn_beta, cfg.lrn_k),
                         "batch": lambda: nn.BatchNorm2d(cout),
                         "layer": lambda: ChannelLayerNorm(cout)}[cfg.norm]()
                 layers.append((f"norm{i}", norm))

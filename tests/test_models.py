@@ -147,3 +147,33 @@ def test_fast_model_computes_the_reference_models_function():
     y_ours.square().sum().backward()
     y_ref.square().sum().backward()
     torch.testing.assert_close(ours.features.conv1.weight.grad, ref.features.conv1.weight.grad, rtol=1e-3, atol=1e-5)
+
+
+def test_seed_preset_is_the_seeds_network():
+    """cifar10_best = the seed's code: PyTorch's default init and nn.LocalResponseNorm(5, 1e-4, 0.75, 2)."""
+    cfg = load_config("configs/cifar10_best.yaml")
+    torch.manual_seed(0)
+    net = build_model(cfg.model, 10, 32)
+    torch.manual_seed(0)
+    seed = nn.Sequential(*(nn.Conv2d(i, o, k, padding=k // 2) for i, o, k in
+                           zip([3, 96, 128, 256, 128], [96, 128, 256, 128, 128], [5, 5, 3, 3, 3])))
+    for i, ref in enumerate(seed, start=1):
+        conv = net.layer(f"conv{i}")
+        # Same generator draws in the same order: default init is bit-identical to a plain nn.Conv2d.
+        torch.testing.assert_close(conv.weight, ref.weight, rtol=0, atol=0)
+        bound = 1 / (ref.weight[0].numel() ** 0.5)  # kaiming_uniform(a=sqrt(5)) -> U(-b, b), std b / sqrt(3)
+        assert conv.weight.std().item() == pytest.approx(bound / 3 ** 0.5, rel=0.05)
+        assert conv.bias.abs().max().item() <= bound
+    assert net.layer("conv1").weight.std().item() == pytest.approx(0.0667, abs=0.002)  # kaiming: 0.163
+    # The LRN on real conv1 activations of images, against the seed's module.
+    x = torch.rand(8, 3, 32, 32) * 4 - 2
+    with torch.no_grad():
+        a = net.features.act1(net.layer("conv1")(x)) * 30  # large activations, where LRN's alpha matters
+        want = nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0)(a)
+        got = net.features.norm1(a)
+    assert (want - a).abs().max() > 1e-2  # the normalisation is not a no-op at this scale
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    # The paper's preset keeps the paper's alpha on the sum (5x the seed's).
+    paper = build_model(load_config("configs/paper_alexnet.yaml").model, 10, 227)
+    assert paper.features.norm1.alpha == pytest.approx(1e-4)
+    assert net.features.norm1.alpha == pytest.approx(2e-5)
