@@ -1,5 +1,8 @@
 """Score a checkpoint: `python evaluate.py CKPT [--split val|train|test] [--tta none|flip|ten_crop] [--json FILE]`.
 
+`python evaluate.py CKPT --release OUT.pt` writes the half-precision release of a checkpoint instead:
+the weights in fp16 plus what scoring needs (config, classes, normalisation stats), no optimiser state.
+
 Model and data are rebuilt from the checkpoint alone (dotted overrides such as data.root=... allowed).
 Prints top-1, top-5, loss and a per-class table, and writes a confusion-matrix PNG beside the checkpoint.
 """
@@ -16,7 +19,7 @@ import torch.nn.functional as F
 from config import ConfigError, load_config
 from data import DataError, ImageSet, Stats, centre_crop, load_split, split_indices
 from models import build_model
-from train import CheckpointError, load_checkpoint, predict, resolve_amp, resolve_device, score
+from train import CKPT_FORMAT, CheckpointError, load_checkpoint, predict, resolve_amp, resolve_device, save_checkpoint, score
 
 
 def tta_views(mode: str, padding: int, size: int):
@@ -90,6 +93,19 @@ def evaluate(ckpt_path: str, split: str = "val", tta: str = "none", overrides: l
     return result
 
 
+RELEASE_KEYS = ("config", "classes", "stats", "image_size", "epoch", "best_val_top1", "best_epoch")
+
+
+def release(ckpt_path: str, out_path: str) -> dict:
+    """Write `ckpt_path`'s model in fp16 with only what evaluation needs; returns the written dict."""
+    ckpt = load_checkpoint(ckpt_path)
+    # Floating tensors (weights, BatchNorm statistics) halve; integer counters stay as they are.
+    model = {k: v.half() if v.is_floating_point() else v for k, v in ckpt["model"].items()}
+    out = {"format": CKPT_FORMAT, "model": model, **{k: ckpt[k] for k in RELEASE_KEYS if k in ckpt}}
+    save_checkpoint(out, out_path)
+    return out
+
+
 def plot_confusion(result: dict, path: str, title: str = "") -> None:
     """Row-normalised confusion matrix as a small PNG (title prefixed to the split and top-1)."""
     import matplotlib
@@ -125,9 +141,14 @@ def main(argv: list[str] | None = None) -> int:
                          "un-augmented; test: the dataset's test split")
     ap.add_argument("--tta", choices=["none", "flip", "ten_crop"], default="none")
     ap.add_argument("--json", metavar="FILE", help="write the metrics as JSON here")
+    ap.add_argument("--release", metavar="OUT", help="write an fp16 copy for release (no optimiser state) and exit")
     ap.add_argument("overrides", nargs="*", metavar="key=value")
     args = ap.parse_args(argv)
     try:
+        if args.release:
+            release(args.checkpoint, args.release)
+            print(f"{args.release}: fp16 release of {args.checkpoint} ({os.path.getsize(args.release) / 2**20:.1f} MB)")
+            return 0
         r = evaluate(args.checkpoint, args.split, args.tta, args.overrides)
     except (ConfigError, DataError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)

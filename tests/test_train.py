@@ -222,3 +222,16 @@ def test_evaluate_rejects_bad_checkpoints_and_other_classes(tiny, tmp_path):
         assert p.returncode == 2 and words in p.stderr and "Traceback" not in p.stderr
     p = run_cli(["evaluate.py", result["last_checkpoint"], "data.synthetic_classes=5"])
     assert p.returncode == 2 and "classes" in p.stderr
+
+
+def test_release_is_fp16_and_scores_like_the_checkpoint(tiny, tmp_path):
+    result = T.train(load_config(None, tiny("train.epochs=1")))
+    out = tmp_path / "release.pt"
+    p = run_cli(["evaluate.py", result["last_checkpoint"], "--release", str(out)])
+    assert p.returncode == 0, p.stderr
+    ckpt = torch.load(out, weights_only=True)
+    assert "optimizer" not in ckpt and "rng" not in ckpt
+    assert all(v.dtype == torch.float16 for v in ckpt["model"].values() if v.is_floating_point())
+    assert os.path.getsize(out) < 0.6 * os.path.getsize(result["last_checkpoint"])
+    full, half = evaluate(result["last_checkpoint"]), evaluate(str(out))
+    assert half["n"] == full["n"] and abs(half["top1"] - full["top1"]) <= 2 / full["n"]
