@@ -19,11 +19,12 @@ import time
 import torch
 from torch import nn
 
-from config import ConfigError, load_config
-from data import DataError, load_data, prepare, train_batches
+from config import load_config
+from data import load_data, prepare, train_augment, train_batches
+from evaluate import predict
 from models import LRN, build_model, reference_lrn
-from train import (autocast, build_optimizer, hardware, predict, process_uptime, resolve_amp, resolve_device, sync,
-                   train_step, tune_cpu_allocator)
+from runtime import ConfigError, autocast, cli, cpu_has_native_bf16, hardware, process_uptime, sync
+from train import build_trainer, start_runtime, train_step
 
 
 def timed_steps(step, warmup: int, steps: int, device: torch.device) -> float:
@@ -42,7 +43,7 @@ def peak_matmul_flops(device: torch.device, n: int = 4096) -> dict:
     """Best measured FLOP/s of an n x n matmul in fp32 and bf16 on this device."""
     out = {}
     dtypes = [torch.float32]
-    if device.type == "cuda" or torch.ops.mkldnn._is_mkldnn_bf16_supported():
+    if device.type == "cuda" or cpu_has_native_bf16():
         dtypes.append(torch.bfloat16)  # emulated bf16 (CPUs without AVX512-BF16) is no peak worth minutes
     for dtype in dtypes:
         a = torch.randn(n, n, device=device, dtype=dtype)
@@ -130,22 +131,17 @@ def reference_throughput(cfg, data, device: torch.device, amp_name: str, warmup:
 
 
 def bench(cfg, steps: int, warmup: int, reference_amp: str, skip_reference: bool = False) -> dict:
-    device = resolve_device(cfg.device)
-    amp = resolve_amp(cfg.train.amp, device)
-    if device.type == "cpu" and cfg.train.malloc_tune:
-        tune_cpu_allocator()
+    rt = start_runtime(cfg)
+    device, amp = rt.device, rt.amp
     torch.manual_seed(cfg.seed)
     data = load_data(cfg.data, device)
     if data.train.images is None:
         raise ConfigError("bench.py measures the in-memory pipeline; set data.loader=memory")
     n_classes, size, bs = len(data.train.classes), data.image_size, cfg.data.batch_size
-    model = build_model(cfg.model, n_classes, size).to(device)
-    if cfg.train.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    tr = build_trainer(cfg, n_classes, size, len(data.train.labels), rt, transfer=False)
+    model = tr.model
     step_model = torch.compile(model) if cfg.train.compile else model
-    opt = build_optimizer(model, cfg)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
-    crit = nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
+    aug = train_augment(cfg.data, streamed=False)
     gen = torch.Generator(device=device).manual_seed(0)
     batches: list = []
     startup = {}
@@ -156,8 +152,9 @@ def bench(cfg, steps: int, warmup: int, reference_amp: str, skip_reference: bool
         if not batches:
             batches.extend(train_batches(len(data.train.labels), bs, gen, device))
         idx = batches.pop()
-        x = prepare(data.train.images[idx], data.stats, cfg.data, gen, cfg.train.channels_last)
-        train_step(step_model, x, data.train.labels[idx], opt, scaler, crit, device, amp, cfg.optim.grad_clip)
+        x = prepare(data.train.images[idx], data.stats, aug, gen, cfg.train.channels_last)
+        train_step(step_model, x, data.train.labels[idx], tr.opt, tr.scaler, tr.criterion, device, amp,
+                   cfg.optim.grad_clip)
 
     sec = timed_steps(ours, warmup, steps, device)
     eval_set = data.val if len(data.val.labels) else data.train.subset(torch.arange(2048))
@@ -205,12 +202,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", metavar="FILE")
     ap.add_argument("overrides", nargs="*", metavar="key=value")
     args = ap.parse_args(argv)
-    try:
-        cfg = load_config(args.config, ["data.name=synthetic", "data.synthetic_size=10000", *args.overrides])
-        r = bench(cfg, args.steps, args.warmup, args.reference_amp, args.no_reference)
-    except (ConfigError, DataError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return cli(lambda: bench_main(args))
+
+
+def bench_main(args) -> int:
+    cfg = load_config(args.config, ["data.name=synthetic", "data.synthetic_size=10000", *args.overrides])
+    r = bench(cfg, args.steps, args.warmup, args.reference_amp, args.no_reference)
     for k, v in r.items():
         print(f"{k:>22}  {v:,.3g}" if isinstance(v, float) else f"{k:>22}  {v}")
     if args.json:

@@ -14,9 +14,10 @@ from typing import Any
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A user mistake in a config file or override; the message says how to fix it."""
+from data import DATASETS, LOADERS
+from models import ACTIVATIONS, HEADS, INITS, NORMS, POOLS
+from optim import OPTIMIZERS, SCHEDULERS
+from runtime import ConfigError, write_text
 
 
 def choice(default: str, choices: tuple[str, ...]) -> Any:
@@ -32,29 +33,29 @@ class ModelConfig:
     conv_paddings: list[int] = field(default_factory=lambda: [0, 2, 1, 1, 1])  # zero padding per conv (pixels)
     conv_groups: list[int] = field(default_factory=lambda: [1, 2, 1, 2, 2])  # grouped convs; the paper's two-GPU split is 2 on conv2/4/5
     pool_after: list[int] = field(default_factory=lambda: [1, 2, 5])  # 1-based convs followed by a pooling layer
-    pool: str = choice("max", ("max", "avg"))  # pooling type
+    pool: str = choice("max", tuple(POOLS))  # pooling type
     pool_kernel: int = 3  # pooling window; 3 with stride 2 is the paper's overlapping pooling
     pool_stride: int = 2  # pooling stride
-    norm: str = choice("lrn", ("lrn", "batch", "layer", "none"))  # normalisation layer type
+    norm: str = choice("lrn", tuple(NORMS))  # normalisation layer type
     norm_after: list[int] = field(default_factory=lambda: [1, 2])  # 1-based convs followed by the normalisation
     lrn_size: int = 5  # LRN window n (channels)
     lrn_alpha: float = 1e-4  # LRN alpha; what it multiplies is set by lrn_alpha_on
     lrn_alpha_on: str = choice("sum", ("sum", "mean"))  # sum: the paper's formula; mean: nn.LocalResponseNorm's (alpha/n on the sum)
     lrn_beta: float = 0.75  # LRN exponent
     lrn_k: float = 2.0  # LRN additive constant
-    activation: str = choice("relu", ("relu", "leaky_relu", "gelu", "silu"))  # nonlinearity everywhere
+    activation: str = choice("relu", tuple(ACTIVATIONS))  # nonlinearity everywhere
     dropout: float = 0.5  # dropout probability before each hidden FC layer; 0 disables
-    head: str = choice("fc", ("fc", "gap"))  # fc: fc6, fc7, classifier; gap: global average pool + one linear
+    head: str = choice("fc", HEADS)  # fc: fc6, fc7, classifier; gap: global average pool + one linear
     fc_widths: list[int] = field(default_factory=lambda: [4096, 4096])  # hidden FC widths (fc6, fc7, ...)
     width_mult: float = 1.0  # scales every conv and hidden FC width (rounded to a multiple of 8); for sweeps
-    init: str = choice("default", ("default", "kaiming", "xavier", "paper"))  # weight initialisation scheme
+    init: str = choice("default", INITS)  # weight initialisation scheme
     init_from: str = ""  # checkpoint whose weights start a new run (transfer learning); "" = none
     freeze: list[str] = field(default_factory=list)  # layers to freeze: conv1..conv5, fc6, fc7, features
 
 
 @dataclass
 class DataConfig:
-    name: str = choice("cifar10", ("cifar10", "cifar100", "folder", "tinyimagenet", "synthetic"))  # dataset
+    name: str = choice("cifar10", tuple(DATASETS))  # dataset
     root: str = "data"  # dataset directory (downloads go here for cifar/tinyimagenet)
     image_size: int = 0  # side length images are stored and trained at; 0 = dataset native (32 cifar, 64 tiny)
     batch_size: int = 128  # training batch size (images per optimizer step)
@@ -65,7 +66,7 @@ class DataConfig:
     synthetic_size: int = 5000  # synthetic dataset: number of images (before the validation split)
     synthetic_classes: int = 10  # synthetic dataset: number of classes (at most 10)
     cache_dir: str = "data/cache"  # where decoded image-folder tensors are cached
-    loader: str = choice("auto", ("auto", "memory", "stream"))  # memory: uint8 tensors on the device; stream: JPEG-decoding DataLoader workers; auto: stream image folders too big for memory_gb
+    loader: str = choice("auto", LOADERS)  # memory: uint8 tensors on the device; stream: JPEG-decoding DataLoader workers; auto: stream image folders too big for memory_gb
     memory_gb: float = 8.0  # auto: largest decoded image folder (GB) kept in memory
     resize: int = 0  # stream: short side each image is resized to before cropping; 0 = image_size * 256 / 224
     num_workers: int = 0  # stream: decoding worker processes; 0 = one per CPU core
@@ -78,7 +79,7 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    name: str = choice("sgd", ("sgd", "adam", "adamw"))  # optimizer
+    name: str = choice("sgd", OPTIMIZERS)  # optimizer
     lr: float = 0.01  # base learning rate
     momentum: float = 0.9  # SGD momentum
     nesterov: bool = False  # SGD Nesterov momentum
@@ -90,13 +91,14 @@ class OptimConfig:
 
 @dataclass
 class SchedConfig:
-    name: str = choice("multistep", ("multistep", "step", "exponential", "cosine", "plateau", "none"))  # LR schedule
+    name: str = choice("multistep", tuple(SCHEDULERS))  # LR schedule
     milestones: list[int] = field(default_factory=lambda: [20, 30])  # multistep: epochs at which lr *= gamma
     gamma: float = 0.1  # decay factor (multistep, step, exponential, plateau)
     step_size: int = 10  # step: epochs between decays
     patience: int = 3  # plateau: epochs without validation improvement before decaying
     min_lr: float = 0.0  # cosine / plateau floor
-    warmup_epochs: int = 0  # linear warm-up epochs from lr/10 (not with plateau)
+    warmup_epochs: int = 0  # epochs of linear warm-up from lr/10, ramped every iteration (not with plateau/onecycle)
+    onecycle_warmup: float = 0.3  # onecycle: fraction of all iterations spent rising to optim.lr
 
 
 @dataclass
@@ -159,6 +161,13 @@ def deep_merge(base: dict, over: dict) -> dict:
     return out
 
 
+def nest(key: str, value: Any) -> dict:
+    """"optim.lr", 0.1 -> {"optim": {"lr": 0.1}} (a section key such as "data" takes a mapping value)."""
+    for part in reversed(key.strip().split(".")):
+        value = {part: value}
+    return value
+
+
 def parse_overrides(items: list[str]) -> dict:
     """Turn ["optim.lr=0.1", "model.fc_widths=[512,256]"] into a nested dict (values as YAML scalars)."""
     out: dict = {}
@@ -171,12 +180,11 @@ def parse_overrides(items: list[str]) -> dict:
         except yaml.YAMLError:
             value = text
         node = out
-        parts = key.strip().split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
+        for p in key.strip().split(".")[:-1]:  # an earlier override of a whole section cannot take a key
+            node = node.get(p, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {item!r} conflicts with an earlier override of {p}")
-        node[parts[-1]] = value
+        out = deep_merge(out, nest(key, value))
     return out
 
 
@@ -301,8 +309,10 @@ def validate(cfg: Config) -> Config:
     _check(list(s.milestones) == sorted(s.milestones) and all(x > 0 for x in s.milestones), "sched.milestones",
            "must be increasing positive epoch numbers")
     _check(s.min_lr >= 0 and s.warmup_epochs >= 0, "sched.min_lr", "min_lr and warmup_epochs must be >= 0")
-    _check(not (s.warmup_epochs and s.name == "plateau"), "sched.warmup_epochs",
-           "warm-up is not supported with sched.name=plateau; set it to 0 or pick another schedule")
+    _check(not (s.warmup_epochs and s.name in ("plateau", "onecycle")), "sched.warmup_epochs",
+           f"warm-up is not supported with sched.name={s.name}; set it to 0 (onecycle has its own: "
+           "sched.onecycle_warmup) or pick another schedule")
+    _check(0 < s.onecycle_warmup < 1, "sched.onecycle_warmup", f"must be in (0, 1), got {s.onecycle_warmup}")
     _check(s.warmup_epochs < max(t.epochs, 1) or s.warmup_epochs == 0, "sched.warmup_epochs",
            "must be shorter than train.epochs")
     _check(t.epochs >= 1, "train.epochs", "must be >= 1")
@@ -327,8 +337,7 @@ def to_dict(cfg: Config) -> dict:
 
 def save_config(cfg: Config, path: str) -> None:
     """Write the fully resolved config so `train.py --config path` re-runs it."""
-    with open(path, "w") as f:
-        yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
+    write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
 def flat_items(cls: type = Config, prefix: str = "") -> list[tuple[str, str, Any, str]]:

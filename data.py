@@ -6,28 +6,27 @@ normalised on the device in a handful of batched tensor ops: no PIL, no per-imag
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
-from config import DataConfig
+from runtime import DataError, atomic_write, mix_seed
 
-NATIVE_SIZE = {"cifar10": 32, "cifar100": 32, "tinyimagenet": 64, "synthetic": 32, "folder": 32}
+if TYPE_CHECKING:  # annotations only: config.py imports the choice lists below
+    from config import DataConfig
+
+LOADERS = ("auto", "memory", "stream")  # data.loader, decided by streaming()
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 TINY_URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
 SYNTHETIC_CLASSES = ("disk", "square", "triangle", "ring", "cross", "hstripes", "vstripes", "diagonal",
                      "checker", "diamond")
 CACHE_VERSION = 1  # bump when the cache format or decoding changes
-
-
-class DataError(RuntimeError):
-    """A dataset that cannot be found, downloaded or read; the message says how to fix it."""
 
 
 @dataclass
@@ -64,7 +63,7 @@ class Stats:
 
 
 def image_size(cfg: DataConfig) -> int:
-    return cfg.image_size or NATIVE_SIZE[cfg.name]
+    return cfg.image_size or DATASETS[cfg.name][0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -166,9 +165,8 @@ def _cached(cfg: DataConfig, tag: str, files: list[tuple[str, int]], classes: li
     images = _decode_all([p for p, _ in files], size)
     labels = torch.tensor([lab for _, lab in files], dtype=torch.long)
     os.makedirs(cfg.cache_dir, exist_ok=True)
-    tmp = cache + ".tmp"
-    torch.save({"signature": signature, "images": images, "labels": labels, "classes": classes}, tmp)
-    os.replace(tmp, cache)
+    blob = {"signature": signature, "images": images, "labels": labels, "classes": classes}
+    atomic_write(cache, lambda tmp: torch.save(blob, tmp))
     return ImageSet(images, labels, classes)
 
 
@@ -278,17 +276,24 @@ def load_cifar(cfg: DataConfig, split: str) -> ImageSet:
     return ImageSet(images.contiguous(), torch.tensor(ds.targets, dtype=torch.long), list(ds.classes))
 
 
+def load_synthetic(cfg: DataConfig, split: str) -> ImageSet:
+    n = cfg.synthetic_size if split == "train" else max(cfg.synthetic_size // 5, cfg.synthetic_classes)
+    return make_synthetic(n, image_size(cfg), cfg.synthetic_classes, seed=1234 if split == "train" else 4321)
+
+
+DATASETS = {  # data.name -> (native image side, loader(cfg, split))
+    "cifar10": (32, load_cifar),
+    "cifar100": (32, load_cifar),
+    "folder": (32, load_folder),
+    "tinyimagenet": (64, load_tinyimagenet),
+    "synthetic": (32, load_synthetic),
+}
+
+
 def load_split(cfg: DataConfig, split: str) -> ImageSet:
     """The full `train` or `test` split of the configured dataset, on the CPU."""
     assert split in ("train", "test"), split
-    if cfg.name == "synthetic":
-        n = cfg.synthetic_size if split == "train" else max(cfg.synthetic_size // 5, cfg.synthetic_classes)
-        return make_synthetic(n, image_size(cfg), cfg.synthetic_classes, seed=1234 if split == "train" else 4321)
-    if cfg.name in ("cifar10", "cifar100"):
-        return load_cifar(cfg, split)
-    if cfg.name == "tinyimagenet":
-        return load_tinyimagenet(cfg, split)
-    return load_folder(cfg, split)
+    return DATASETS[cfg.name][1](cfg, split)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -330,10 +335,15 @@ class DataBundle:
     image_size: int
 
 
+def carve(full: ImageSet, cfg: DataConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train_idx, val_idx) of the training split: the one carving training and evaluate.py share."""
+    return split_indices(full.labels, cfg.val_fraction, cfg.subset, cfg.split_seed)
+
+
 def load_data(cfg: DataConfig, device: torch.device) -> DataBundle:
     """Load the training split, carve validation, compute stats and move everything to `device`."""
     full = load_split(cfg, "train")
-    tr, va = split_indices(full.labels, cfg.val_fraction, cfg.subset, cfg.split_seed)
+    tr, va = carve(full, cfg)
     if len(tr) == 0:
         raise DataError("the training split is empty; lower data.val_fraction or raise data.subset")
     if full.images is None:  # streamed: statistics from a decoded sample of the training files
@@ -385,25 +395,42 @@ def cutout(x: torch.Tensor, size: int, gen: torch.Generator) -> torch.Tensor:
     cx = torch.randint(0, W, (B, 1, 1), generator=gen, device=x.device)
     ys = torch.arange(H, device=x.device)[None, :, None]
     xs = torch.arange(W, device=x.device)[None, None, :]
-    inside = ((ys - cy).abs() * 2 < size) & ((xs - cx).abs() * 2 < size)  # (B, H, W)
+    lo, hi = -(size // 2), size - size // 2  # size pixels, c - size//2 .. c + (size - 1)//2 (even sizes too)
+    inside = ((ys - cy >= lo) & (ys - cy < hi) & (xs - cx >= lo) & (xs - cx < hi))  # (B, H, W)
     return x.masked_fill(inside[..., None], 0.0)
 
 
-def prepare(x: torch.Tensor, stats: Stats, cfg: DataConfig | None = None, gen: torch.Generator | None = None,
+@dataclass(frozen=True)
+class Augment:
+    """The random transforms applied to training batches on the device; the default applies none."""
+    crop_padding: int = 0  # pixels of random translation
+    flip: bool = False  # random horizontal flips
+    color_jitter: float = 0.0  # brightness/contrast/saturation strength
+    pca_lighting: float = 0.0  # std of the PCA lighting alpha
+    cutout: int = 0  # side of the zeroed square
+
+
+def train_augment(cfg: DataConfig, streamed: bool) -> Augment:
+    """The device's share of the training augmentation: streamed batches arrive cropped and flipped."""
+    return Augment(0 if streamed else cfg.crop_padding, cfg.flip and not streamed, cfg.color_jitter,
+                   cfg.pca_lighting, cfg.cutout)
+
+
+def prepare(x: torch.Tensor, stats: Stats, aug: Augment = Augment(), gen: torch.Generator | None = None,
             channels_last: bool = True) -> torch.Tensor:
-    """(B, H, W, 3) uint8 -> normalised float (B, 3, H, W); augments when `cfg` (with `gen`) is given."""
-    if cfg is not None and (cfg.crop_padding or cfg.flip):
-        x = crop_flip(x, cfg.crop_padding, cfg.flip, gen)
+    """(B, H, W, 3) uint8 -> normalised float (B, 3, H, W), with `aug` drawn from `gen`."""
+    if aug.crop_padding or aug.flip:
+        x = crop_flip(x, aug.crop_padding, aug.flip, gen)
     x = x.float().div_(255.0)
-    if cfg is not None and cfg.color_jitter:
-        x = color_jitter(x, cfg.color_jitter, gen)
-    if cfg is not None and cfg.pca_lighting:
-        alpha = torch.randn(x.shape[0], 3, generator=gen, device=x.device) * cfg.pca_lighting
+    if aug.color_jitter:
+        x = color_jitter(x, aug.color_jitter, gen)
+    if aug.pca_lighting:
+        alpha = torch.randn(x.shape[0], 3, generator=gen, device=x.device) * aug.pca_lighting
         shift = (alpha * stats.eigval) @ stats.eigvec.T  # (B, 3): sum_i alpha_i lambda_i p_i
         x += shift[:, None, None, :]
     x = (x - stats.mean) / stats.std
-    if cfg is not None and cfg.cutout:
-        x = cutout(x, cfg.cutout, gen)
+    if aug.cutout:
+        x = cutout(x, aug.cutout, gen)
     x = x.permute(0, 3, 1, 2)  # (B, 3, H, W) view; NHWC storage == channels_last
     return x if channels_last else x.contiguous()
 
@@ -425,7 +452,7 @@ class FileDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int):
         if not self.train:
             return _decode(self.files[i], self.resize), self.labels[i]
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + i)
+        g = torch.Generator().manual_seed(mix_seed(self.seed, i))
         fy, fx, flip = torch.rand(3, generator=g).tolist()
         img = _decode(self.files[i], self.resize, self.crop, (fy, fx))
         return (img.flip(1) if self.flip and flip < 0.5 else img), self.labels[i]
@@ -449,15 +476,15 @@ def iterate(ds: ImageSet, batches: list[torch.Tensor], cfg: DataConfig, device: 
         yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
 
 
-def device_augmentation(cfg: DataConfig, streamed: bool) -> DataConfig:
-    """The augmentation left for the device: streamed batches arrive already cropped and flipped."""
-    return dataclasses.replace(cfg, crop_padding=0, flip=False) if streamed else cfg
-
-
 def centre_crop(x: torch.Tensor, size: int) -> torch.Tensor:
     """Centre size x size window of (B, H, W, C); a no-op for in-memory images stored at `size`."""
     off = (x.shape[1] - size) // 2
     return x[:, off:off + size, off:off + size]
+
+
+def batches_per_epoch(n: int, batch_size: int) -> int:
+    """How many batches train_batches cuts from n images (at least one)."""
+    return max(1, n // batch_size)
 
 
 def train_batches(n: int, batch_size: int, gen: torch.Generator, device) -> list[torch.Tensor]:

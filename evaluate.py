@@ -16,10 +16,42 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from config import ConfigError, load_config
-from data import DataError, ImageSet, Stats, centre_crop, load_split, split_indices
+from torch import nn
+
+from config import DataConfig, load_config
+from data import ImageSet, Stats, carve, centre_crop, image_size, iterate, load_split, prepare
 from models import build_model
-from train import CKPT_FORMAT, CheckpointError, load_checkpoint, predict, resolve_amp, resolve_device, save_checkpoint, score
+from runtime import (CKPT_FORMAT, CheckpointError, DataError, autocast, cli, load_checkpoint, resolve_amp,
+                     resolve_device, save_checkpoint)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, ds: ImageSet, stats: Stats, cfg: DataConfig, device: torch.device,
+            amp: torch.dtype | None, channels_last: bool, views=None) -> torch.Tensor:
+    """(N, K) float32 logits for an ImageSet (training's validation uses it too); `views(batch)` returns
+    TTA views to average. Streamed batches arrive as the centre resize x resize square; without TTA they
+    are centre-cropped."""
+    model.eval()
+    out = []
+    size = image_size(cfg)
+    for xb, _ in iterate(ds, list(torch.arange(len(ds.labels)).split(cfg.eval_batch_size)), cfg, device, False):
+        logits = 0.0
+        batches = views(xb) if views else [centre_crop(xb, size)]
+        for v in batches:
+            with autocast(device, amp):
+                logits = logits + model(prepare(v, stats, channels_last=channels_last)).float()
+        out.append(logits / len(batches))
+    return torch.cat(out) if out else torch.empty(0)
+
+
+def score(logits: torch.Tensor, labels: torch.Tensor) -> dict:
+    """Cross-entropy loss, top-1 and top-5 accuracy (fractions)."""
+    labels = labels.to(logits.device)
+    k = min(5, logits.shape[1])
+    top = logits.topk(k, 1).indices
+    return {"loss": F.cross_entropy(logits, labels).item(),
+            "top1": (top[:, 0] == labels).float().mean().item(),
+            "top5": (top == labels[:, None]).any(1).float().mean().item()}
 
 
 def tta_views(mode: str, padding: int, size: int):
@@ -51,7 +83,7 @@ def evaluation_set(cfg, split: str) -> ImageSet:
     if split == "test":
         return load_split(cfg.data, "test")
     full = load_split(cfg.data, "train")
-    tr, va = split_indices(full.labels, cfg.data.val_fraction, cfg.data.subset, cfg.data.split_seed)
+    tr, va = carve(full, cfg.data)
     if split == "train":  # un-augmented, in eval mode: the other side of the generalisation gap
         return full.subset(tr)
     if len(va) == 0:
@@ -144,15 +176,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--release", metavar="OUT", help="write an fp16 copy for release (no optimiser state) and exit")
     ap.add_argument("overrides", nargs="*", metavar="key=value")
     args = ap.parse_args(argv)
-    try:
-        if args.release:
-            release(args.checkpoint, args.release)
-            print(f"{args.release}: fp16 release of {args.checkpoint} ({os.path.getsize(args.release) / 2**20:.1f} MB)")
-            return 0
-        r = evaluate(args.checkpoint, args.split, args.tta, args.overrides)
-    except (ConfigError, DataError, CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return cli(lambda: release_main(args) if args.release else evaluate_main(args))
+
+
+def release_main(args) -> int:
+    release(args.checkpoint, args.release)
+    print(f"{args.release}: fp16 release of {args.checkpoint} ({os.path.getsize(args.release) / 2**20:.1f} MB)")
+    return 0
+
+
+def evaluate_main(args) -> int:
+    r = evaluate(args.checkpoint, args.split, args.tta, args.overrides)
     print(f"{args.checkpoint} on {r['split']} (n={r['n']}, tta={r['tta']}): "
           f"top-1 {r['top1']:.4f}  top-5 {r['top5']:.4f}  loss {r['loss']:.4f}")
     width = max(len(c) for c in r["classes"])

@@ -8,12 +8,14 @@ transfer learning can address layers by name.
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from config import ModelConfig
+if TYPE_CHECKING:  # annotations only: config.py imports the choice lists below
+    from config import ModelConfig
 
 # ---------------------------------------------------------------------------------------------
 # Local Response Normalisation (Krizhevsky et al. 2012, section 3.3)
@@ -93,23 +95,21 @@ def lrn_sum_alpha(cfg: ModelConfig) -> float:
 # ---------------------------------------------------------------------------------------------
 # AlexNet
 
-ACTIVATIONS = {
+ACTIVATIONS = {  # model.activation
     "relu": lambda: nn.ReLU(inplace=True),
     "leaky_relu": lambda: nn.LeakyReLU(0.1, inplace=True),
     "gelu": nn.GELU,
     "silu": lambda: nn.SiLU(inplace=True),
 }
-
-
-class ChannelLayerNorm(nn.Module):
-    """LayerNorm over (C, H, W) of each image with per-channel affine (GroupNorm with one group)."""
-
-    def __init__(self, channels: int):
-        super().__init__()
-        self.norm = nn.GroupNorm(1, channels)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(x)
+NORMS = {  # model.norm: (config, channels) -> layer
+    "lrn": lambda cfg, c: LRN(cfg.lrn_size, lrn_sum_alpha(cfg), cfg.lrn_beta, cfg.lrn_k),
+    "batch": lambda cfg, c: nn.BatchNorm2d(c),
+    "layer": lambda cfg, c: nn.GroupNorm(1, c),  # LayerNorm over (C, H, W) with a per-channel affine
+    "none": None,
+}
+POOLS = {"max": nn.MaxPool2d, "avg": nn.AvgPool2d}  # model.pool
+HEADS = ("fc", "gap")  # model.head: fc6, fc7, classifier / global average pool + one linear
+INITS = ("default", "kaiming", "xavier", "paper")  # model.init, implemented by AlexNet.reset_parameters
 
 
 def conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
@@ -134,13 +134,9 @@ class AlexNet(nn.Module):
             layers.append((f"act{i}", act()))
             side = conv_out(side, k, s, p)
             if i in cfg.norm_after and cfg.norm != "none":
-                norm = {"lrn": lambda: LRN(cfg.lrn_size, lrn_sum_alpha(cfg), cfg.lrn_beta, cfg.lrn_k),
-                        "batch": lambda: nn.BatchNorm2d(cout),
-                        "layer": lambda: ChannelLayerNorm(cout)}[cfg.norm]()
-                layers.append((f"norm{i}", norm))
+                layers.append((f"norm{i}", NORMS[cfg.norm](cfg, cout)))
             if i in cfg.pool_after:
-                pool = nn.MaxPool2d if cfg.pool == "max" else nn.AvgPool2d
-                layers.append((f"pool{i}", pool(cfg.pool_kernel, cfg.pool_stride)))
+                layers.append((f"pool{i}", POOLS[cfg.pool](cfg.pool_kernel, cfg.pool_stride)))
                 side = conv_out(side, cfg.pool_kernel, cfg.pool_stride, 0)
             if side < 1:
                 raise ValueError(f"image_size={image_size} is too small for this net: the feature map vanishes "

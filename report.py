@@ -20,9 +20,9 @@ from dataclasses import dataclass
 
 import yaml
 
-from config import ConfigError, load_config, to_dict
-from data import DataError
-from train import CheckpointError, TrainingDiverged, flat_hparams, load_checkpoint, train
+from config import load_config, to_dict
+from runtime import ConfigError, TrainingDiverged, cli, load_checkpoint, write_text
+from train import flat_hparams, train
 
 
 @dataclass(frozen=True)
@@ -123,14 +123,6 @@ def summarise(record: dict) -> dict:
             "img_per_s": statistics.median(r["img_per_s"] for r in history), "machine": machine}
 
 
-def write_atomic(path: str, text: str) -> None:
-    """Write via a temporary file and a rename, so an interrupted write never leaves half a file."""
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def sync_records(runs: str, results: str) -> dict[tuple[str, int], dict]:
     """Copy every table run found under `runs` into `results`, then return {(config, seed): summary} of
     all records. A finished record is not replaced by an unfinished run (a retrain in progress)."""
@@ -146,7 +138,7 @@ def sync_records(runs: str, results: str) -> dict[tuple[str, int], dict]:
             found = read_run(run_dir(runs, row, seed))
             if found and not (kept and summarise(kept)["done"] and not summarise(found)["done"]):
                 os.makedirs(results, exist_ok=True)
-                write_atomic(path, json.dumps(found, indent=1) + "\n")
+                write_text(path, json.dumps(found, indent=1) + "\n")
                 kept = found
             elif found:
                 print(f"{name}: keeping the finished record {path}; the unfinished run in {runs}/ replaces it "
@@ -239,7 +231,7 @@ def write_report(path: str, body: str) -> None:
     if BEGIN not in text or END not in text:
         raise ConfigError(f"{path} lacks the table markers {BEGIN} ... {END}; add them where the table goes")
     head, rest = text.split(BEGIN, 1)
-    write_atomic(path, f"{head}{BEGIN}\n{body}\n{END}{rest.split(END, 1)[1]}")
+    write_text(path, f"{head}{BEGIN}\n{body}\n{END}{rest.split(END, 1)[1]}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -254,42 +246,46 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--docs", default="docs", help="where the figures go")
     ap.add_argument("overrides", nargs="*", metavar="key=value")
     args = ap.parse_args(argv)
-    failed = False
-    try:
-        if args.train:
-            for row in ROWS:
-                if args.only and row.config not in args.only:
-                    continue
-                for seed in row.seeds:
-                    try:
-                        print(f"{row.config} seed {seed}: {train_row(row, seed, args.runs, args.overrides)}", flush=True)
-                    except TrainingDiverged as e:  # one diverging row should not stop the table
-                        print(f"{row.config} seed {seed}: diverged: {e}", file=sys.stderr)
-                        failed = True
-        found = sync_records(args.runs, args.results)
-        runs = [(f"{config} s{seed}", r) for (config, seed), r in found.items()]
-        write_report(args.report, table(found, args.results, args.overrides))
-        if any(r["history"] for _, r in runs):  # records without history have no curve to draw
-            os.makedirs(args.docs, exist_ok=True)
-            plot_curves(runs, os.path.join(args.docs, "learning_curves.png"))
-        if runs:
-            (config, seed), _ = max(found.items(), key=lambda kr: kr[1]["best"])
-            ckpt = os.path.join(args.runs, f"{config}-s{seed}", "best.pt")
-            if os.path.isfile(ckpt):
-                from evaluate import evaluate, plot_confusion
+    return cli(lambda: run_report(args))
 
-                result = evaluate(ckpt, "val", overrides=args.overrides)
-                os.makedirs(args.docs, exist_ok=True)
-                plot_confusion(result, os.path.join(args.docs, "confusion_best.png"),
-                               f"{config} s{seed}, best.pt: ")
-                print(f"confusion matrix of {config} s{seed} (val top-1 {result['top1']:.4f}) in {args.docs}/")
-            else:
-                print(f"confusion matrix not redrawn: the best run's checkpoint {ckpt} is not here")
-        print(f"{args.report}: table of {len(runs)} runs from {args.results}/; curves in {args.docs}/")
-    except (ConfigError, DataError, CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 3 if failed else 0
+
+def train_rows(args) -> bool:
+    """Train/resume the table's runs; True when every one ended without diverging."""
+    ok = True
+    for row in ROWS:
+        if args.only and row.config not in args.only:
+            continue
+        for seed in row.seeds:
+            try:
+                print(f"{row.config} seed {seed}: {train_row(row, seed, args.runs, args.overrides)}", flush=True)
+            except TrainingDiverged as e:  # one diverging row should not stop the table
+                print(f"{row.config} seed {seed}: diverged: {e}", file=sys.stderr)
+                ok = False
+    return ok
+
+
+def run_report(args) -> int:
+    ok = train_rows(args) if args.train else True
+    found = sync_records(args.runs, args.results)
+    runs = [(f"{config} s{seed}", r) for (config, seed), r in found.items()]
+    write_report(args.report, table(found, args.results, args.overrides))
+    if any(r["history"] for _, r in runs):  # records without history have no curve to draw
+        os.makedirs(args.docs, exist_ok=True)
+        plot_curves(runs, os.path.join(args.docs, "learning_curves.png"))
+    if runs:
+        (config, seed), _ = max(found.items(), key=lambda kr: kr[1]["best"])
+        ckpt = os.path.join(args.runs, f"{config}-s{seed}", "best.pt")
+        if os.path.isfile(ckpt):
+            from evaluate import evaluate, plot_confusion
+
+            result = evaluate(ckpt, "val", overrides=args.overrides)
+            os.makedirs(args.docs, exist_ok=True)
+            plot_confusion(result, os.path.join(args.docs, "confusion_best.png"), f"{config} s{seed}, best.pt: ")
+            print(f"confusion matrix of {config} s{seed} (val top-1 {result['top1']:.4f}) in {args.docs}/")
+        else:
+            print(f"confusion matrix not redrawn: the best run's checkpoint {ckpt} is not here")
+    print(f"{args.report}: table of {len(runs)} runs from {args.results}/; curves in {args.docs}/")
+    return 0 if ok else 3
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import itertools
 import json
 import math
 import multiprocessing
@@ -23,8 +22,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from config import ConfigError, _closest, load_config, read_yaml_chain, save_config
-from data import DataError, load_split
+from config import _closest, deep_merge, load_config, nest, parse_overrides, read_yaml_chain, save_config
+from data import load_split
+from runtime import ConfigError, cli
 
 SAMPLERS = ("tpe", "random", "grid")
 PRUNERS = ("median", "hyperband", "none")
@@ -40,7 +40,6 @@ class SweepConfig:
     pruner: str = "median"  # median | hyperband | none
     trials: int = 20  # trials per invocation for searches (a grid runs its missing points)
     timeout: float = 0.0  # seconds per invocation; 0 = no limit
-    metric: str = "val_top1"  # validation top-1, maximised (the only metric)
     storage: str = ""  # Optuna storage URL; "" = sqlite:///{out_dir}/optuna.db; journal:PATH for a journal file
     study: str = ""  # study name; "" = the sweep file's name
 
@@ -67,8 +66,6 @@ def load_sweep(path: str) -> tuple[SweepConfig, str]:
         raise ConfigError(f"{path}: sampler `{sw.sampler}` is not one of {', '.join(SAMPLERS)}")
     if sw.pruner not in PRUNERS:
         raise ConfigError(f"{path}: pruner `{sw.pruner}` is not one of {', '.join(PRUNERS)}")
-    if sw.metric != "val_top1":
-        raise ConfigError(f"{path}: metric `{sw.metric}` is not supported; use val_top1 (maximised)")
     if sw.sampler == "grid" and not sw.grid:
         raise ConfigError(f"{path}: sampler grid needs a `grid:` mapping of keys to value lists")
     if sw.sampler != "grid" and not sw.space:
@@ -95,27 +92,14 @@ def check_distribution(path: str, key: str, spec: Any) -> None:
         raise ConfigError(f"{path}: space `{key}` needs `type: float|int|choice`, got {spec!r}")
 
 
-def as_override(key: str, value: Any) -> dict:
-    """{'optim.lr': 0.1} style dotted key -> nested dict (a section key takes a mapping value)."""
-    node: dict = {}
-    out = node
-    parts = key.split(".")
-    for p in parts[:-1]:
-        node = node.setdefault(p, {})
-    node[parts[-1]] = value
-    return out
-
-
 def trial_config(base: str, sw: SweepConfig, cli: list[str], values: dict, run_dir: str = ""):
     """base <- sweep overrides <- CLI overrides <- this trial's values, validated like train configs."""
-    from config import deep_merge, parse_overrides
-
     raw = read_yaml_chain(base)
     for k, v in sw.overrides.items():
-        raw = deep_merge(raw, as_override(k, v))
+        raw = deep_merge(raw, nest(k, v))
     raw = deep_merge(raw, parse_overrides(cli))
     for k, v in values.items():
-        raw = deep_merge(raw, as_override(k, v))
+        raw = deep_merge(raw, nest(k, v))
     if run_dir:
         raw = deep_merge(raw, {"run_dir": run_dir})
     return load_config(base=raw)
@@ -331,33 +315,34 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="sampler seed")
     ap.add_argument("overrides", nargs="*", metavar="key=value", help="applied to every trial's base config")
     args = ap.parse_args(argv)
+    return cli(lambda: run_sweep(args))
+
+
+def trials_to_run(study, sw: SweepConfig, requested: int | None) -> int:
+    """A search runs `requested` (or the file's `trials`) more; a grid runs only its missing points."""
+    if sw.sampler != "grid":
+        return requested if requested is not None else sw.trials
+    if study.sampler.is_exhausted(study):
+        print(f"grid `{sw.study}` is complete; nothing to run", file=sys.stderr)
+        return 0
+    remaining = math.prod(len(v) for v in sw.grid.values()) - sum(1 for t in study.trials if t.state.is_finished())
+    return max(0, remaining if requested is None else min(remaining, requested))
+
+
+def run_sweep(args) -> int:
     import optuna
 
-    try:
-        sw, base = load_sweep(args.config)
-        if args.study:
-            sw.study = args.study
-        validate_space(base, sw, args.overrides)
-        cfg0 = trial_config(base, sw, args.overrides, {})
-        storage = args.storage or sw.storage or f"sqlite:///{os.path.join(cfg0.out_dir, 'optuna.db')}"
-        sweep_dir = os.path.join(cfg0.out_dir, "sweeps", sw.study)
-        load_split(cfg0.data, "train")  # fail fast (and fill the folder cache once) before any trial
-        study = make_study(sw, storage, args.seed)
-        if sw.sampler == "grid":
-            remaining = sum(1 for _ in itertools.product(*sw.grid.values())) - sum(
-                1 for t in study.trials if t.state.is_finished())
-            trials = max(0, remaining)
-            if args.trials is not None:
-                trials = min(trials, args.trials)
-            if study.sampler.is_exhausted(study):
-                trials = 0
-                print(f"grid `{sw.study}` is complete; nothing to run", file=sys.stderr)
-        else:
-            trials = args.trials if args.trials is not None else sw.trials
-        timeout = args.timeout if args.timeout is not None else sw.timeout
-    except (ConfigError, DataError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    sw, base = load_sweep(args.config)
+    if args.study:
+        sw.study = args.study
+    validate_space(base, sw, args.overrides)
+    cfg0 = trial_config(base, sw, args.overrides, {})
+    storage = args.storage or sw.storage or f"sqlite:///{os.path.join(cfg0.out_dir, 'optuna.db')}"
+    sweep_dir = os.path.join(cfg0.out_dir, "sweeps", sw.study)
+    load_split(cfg0.data, "train")  # fail fast (and fill the folder cache once) before any trial
+    study = make_study(sw, storage, args.seed)
+    trials = trials_to_run(study, sw, args.trials)
+    timeout = args.timeout if args.timeout is not None else sw.timeout
     print(f"study `{sw.study}` in {storage}: {len(study.trials)} trials so far, running up to {trials} more "
           f"with {args.workers} worker(s); runs under {sweep_dir}", file=sys.stderr)
     target = len(study.trials) + trials

@@ -1,138 +1,69 @@
 """Train an AlexNet-family model: `python train.py --config configs/cifar10_dropout.yaml [key=value ...]`.
 
-Reads top to bottom in pipeline order: device and precision, data, model, optimizer and schedule,
-checkpoints, the loop. `train(cfg, trial=None)` is importable (sweep.py calls it) and returns the same
-dict that the script prints as its last stdout line.
+Reads top to bottom: the run's pieces (runtime, model and optimiser, the checkpoint pair that saves and
+restores them), logging, one epoch, validation, the end of an epoch, and `train()`, which strings those
+steps together. `train(cfg, trial=None, resume=None)` is importable (sweep.py calls it) and returns the
+same dict that the script prints as its last stdout line.
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import os
-import platform
 import sys
 import time
+from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
+import torch.distributed as dist
 from torch import nn
+from tqdm import tqdm
 
-from config import Config, ConfigError, DataConfig, load_config, save_config, to_dict
-from data import (DataBundle, DataError, ImageSet, Stats, centre_crop, device_augmentation, image_size, iterate,
-                  load_data, prepare, train_batches)
+from config import Config, ConfigError, load_config, save_config, to_dict
+from data import DataBundle, batches_per_epoch, iterate, load_data, prepare, train_augment, train_batches
+from evaluate import predict, score
 from models import AlexNet, build_model, count_params
+from optim import Schedule, build_optimizer, build_schedule, current_lr
+from runtime import (CKPT_FORMAT, CheckpointError, TrainingDiverged, autocast, cli, hardware, init_distributed,
+                     load_checkpoint, mix_seed, precision_name, process_uptime, resolve_amp, resolve_device,
+                     save_checkpoint, sync, tune_cpu_allocator)
 
-CKPT_FORMAT = "alexnet-lab/1"
 DIVERGE_FIX = "lower optim.lr or add sched.warmup_epochs"  # the advice every divergence message gives
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint that is missing, truncated, foreign or incompatible."""
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; checkpoints written before it are intact."""
-
-
 # ---------------------------------------------------------------------------------------------
-# Device and precision
+# The run's pieces
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device: cuda was requested but no CUDA GPU is visible; use device=cpu or device=auto")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError("device: mps was requested but is not available; use device=cpu or device=auto")
-    return torch.device(name)
+@dataclass
+class Runtime:
+    """Where and how this process trains."""
+    device: torch.device
+    amp: torch.dtype | None  # autocast dtype; None = fp32
+    rank: int = 0
+    world: int = 1
+    startup_s: float | None = None  # process start -> first training step (set when it begins)
 
+    @property
+    def is_main(self) -> bool:  # only rank 0 logs and writes checkpoints
+        return self.rank == 0
 
-def init_distributed(device_name: str) -> tuple[int, int]:
-    """(rank, world_size) from torchrun's environment; joins the process group when world_size > 1."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return 0, 1
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        use_nccl = device_name in ("auto", "cuda") and torch.cuda.is_available()
-        if use_nccl:
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group("nccl" if use_nccl else "gloo")
-    return dist.get_rank(), world
+    def describe(self) -> dict:
+        return {"hardware": hardware(self.device, self.world), "precision": precision_name(self.amp)}
 
 
-def cpu_has_native_bf16() -> bool:
-    """True on CPUs with AVX512-BF16/AMX; elsewhere bf16 is emulated and far slower than fp32."""
-    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-
-
-def hardware(device: torch.device, world: int) -> str:
-    """What a run trained on, kept with every epoch's metrics: speed (and, through bf16, the numbers
-    themselves) depends on it, and a run resumed on another machine mixes two."""
+def start_runtime(cfg: Config) -> Runtime:
+    """Join torchrun's process group if there is one; pick device and precision; tune the allocator."""
+    rank, world = init_distributed(cfg.device)
+    device = resolve_device(cfg.device)
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)} x{world}"
-    name = platform.processor() or platform.machine() or "unknown CPU"  # Linux has the full name below
-    if os.path.isfile("/proc/cpuinfo"):
-        with open("/proc/cpuinfo") as f:
-            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), name)
-    bf16 = "native bf16" if cpu_has_native_bf16() else "no native bf16"
-    return f"{name}, {torch.get_num_threads()} threads{f' x{world} processes' if world > 1 else ''}, {bf16}"
+        torch.backends.cudnn.benchmark = True
+    if device.type == "cpu" and cfg.train.malloc_tune:
+        tune_cpu_allocator()
+    return Runtime(device, resolve_amp(cfg.train.amp, device), rank, world)
 
-
-def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for `train.amp` on this device; None means full fp32."""
-    if amp == "off":
-        return None
-    if amp == "fp16":
-        if device.type != "cuda":
-            raise ConfigError("train.amp: fp16 autocast needs a CUDA device; use train.amp=bf16 or off on "
-                              f"{device.type}")
-        return torch.float16
-    if amp == "bf16":
-        return torch.bfloat16
-    # auto
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "cpu" and cpu_has_native_bf16():
-        return torch.bfloat16
-    return None
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None):
-    """The one precision context used for training, validation, evaluation and benchmarks."""
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
-
-
-def tune_cpu_allocator() -> bool:
-    """Keep large freed blocks in glibc's heap (process-wide; Linux only).
-
-    By default glibc serves every activation-sized tensor with a fresh mmap and returns it on free, so
-    each training step page-faults and zero-fills ~1 GB anew; measured ~20% of a CPU step here.
-    """
-    if not sys.platform.startswith("linux"):
-        return False
-    import ctypes
-
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
-    return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 256 << 20))
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-# ---------------------------------------------------------------------------------------------
-# Model, optimizer, schedule
 
 def apply_freeze(model: AlexNet, names: list[str]) -> list[nn.Module]:
     """Freeze named layers (no grad); returns the frozen modules so the loop keeps their norms in eval."""
@@ -165,111 +96,101 @@ def init_from_checkpoint(model: AlexNet, path: str) -> list[str]:
     return reinit
 
 
-def build_optimizer(model: AlexNet, cfg: Config) -> torch.optim.Optimizer:
-    """Weight decay on conv/linear weights only; the classifier gets lr * head_lr_mult; frozen params skipped."""
-    o = cfg.optim
-    groups: dict[tuple[bool, bool], list] = {}
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        decay = p.ndim > 1  # weights of conv/linear; not biases or norm affine parameters
-        head = name.startswith("head.classifier.")
-        groups.setdefault((decay, head), []).append(p)
-    if not groups:
-        raise ConfigError("model.freeze froze every layer; nothing is left to train")
-    param_groups = [{"params": ps, "weight_decay": o.weight_decay if decay else 0.0,
-                     "lr": o.lr * (o.head_lr_mult if head else 1.0)} for (decay, head), ps in groups.items()]
-    if o.name == "sgd":
-        return torch.optim.SGD(param_groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov and o.momentum > 0,
-                               foreach=True)
-    opt_cls = torch.optim.Adam if o.name == "adam" else torch.optim.AdamW
-    return opt_cls(param_groups, lr=o.lr, betas=tuple(o.betas), foreach=True)
+@dataclass
+class Trainer:
+    """What one run trains with."""
+    model: AlexNet  # the plain model: what checkpoints save and validation runs
+    step_model: nn.Module  # what training steps call: the model, or its DDP / compiled wrapper
+    frozen: list[nn.Module]
+    opt: torch.optim.Optimizer
+    schedule: Schedule
+    scaler: torch.amp.GradScaler
+    criterion: nn.Module
 
 
-def build_scheduler(opt: torch.optim.Optimizer, cfg: Config):
-    """Per-epoch LR schedule, optionally preceded by a linear warm-up from lr/10."""
-    s, epochs = cfg.sched, cfg.train.epochs
-    S = torch.optim.lr_scheduler
-    if s.name == "plateau":  # the paper: divide by 10 when validation accuracy stops improving
-        return S.ReduceLROnPlateau(opt, mode="max", factor=s.gamma, patience=s.patience, min_lr=s.min_lr)
-    main = {
-        "multistep": lambda: S.MultiStepLR(opt, [m - s.warmup_epochs for m in s.milestones], gamma=s.gamma),
-        "step": lambda: S.StepLR(opt, s.step_size, gamma=s.gamma),
-        "exponential": lambda: S.ExponentialLR(opt, gamma=s.gamma),
-        "cosine": lambda: S.CosineAnnealingLR(opt, T_max=max(1, epochs - s.warmup_epochs), eta_min=s.min_lr),
-        "none": lambda: S.LambdaLR(opt, lambda e: 1.0),
-    }[s.name]()
-    if not s.warmup_epochs:
-        return main
-    warm = S.LinearLR(opt, start_factor=0.1, total_iters=s.warmup_epochs)
-    return S.SequentialLR(opt, [warm, main], milestones=[s.warmup_epochs])
+def build_trainer(cfg: Config, num_classes: int, image_size: int, n_train: int, rt: Runtime,
+                  transfer: bool = True) -> Trainer:
+    """Model (optionally initialised from another run's weights), optimiser, schedule, scaler and loss.
+    bench.py times exactly this. The model is wrapped for DDP/compile later, by `parallelise`."""
+    model = build_model(cfg.model, num_classes, image_size).to(rt.device)
+    if cfg.model.init_from and transfer:
+        reinit = init_from_checkpoint(model, cfg.model.init_from)
+        print(f"initialised from {cfg.model.init_from}; re-initialised: {', '.join(reinit) or 'nothing'}")
+    frozen = apply_freeze(model, cfg.model.freeze)
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    opt = build_optimizer(model, cfg)
+    schedule = build_schedule(opt, cfg, batches_per_epoch(n_train, cfg.data.batch_size * rt.world))
+    scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.amp == torch.float16)  # a no-op unless fp16
+    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
+    return Trainer(model, model, frozen, opt, schedule, scaler, criterion)
 
 
-def current_lr(opt: torch.optim.Optimizer) -> float:
-    return opt.param_groups[0]["lr"]
+def parallelise(tr: Trainer, cfg: Config, rt: Runtime, start_epoch: int) -> None:
+    """Wrap the model for training steps: DDP across ranks, then torch.compile if asked."""
+    if rt.world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        tr.step_model = DistributedDataParallel(tr.model, device_ids=[rt.device.index] if rt.device.type == "cuda"
+                                                else None)
+        torch.manual_seed(mix_seed(cfg.seed, 7919 * rt.rank + start_epoch))  # distinct dropout streams per rank
+    if cfg.train.compile:
+        tr.step_model = torch.compile(tr.step_model)
 
 
-# ---------------------------------------------------------------------------------------------
-# Checkpoints: plain dicts (loadable with weights_only=True), written atomically.
+@dataclass
+class Progress:
+    """Where a run is: advanced every epoch, saved in every checkpoint."""
+    epoch: int = 0  # last finished epoch
+    step: int = 0  # optimizer steps so far
+    best: float = -1.0  # best validation top-1 (training top-1 without a validation split)
+    best_epoch: int = 0
+    history: list[dict] = field(default_factory=list)  # one metrics row per epoch
 
-def save_checkpoint(state: dict, path: str) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    torch.save(state, tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+
+# What a checkpoint saves and what resume restores, side by side. config, classes, stats and image_size
+# are not restored here: main() builds the config from the checkpoint, train() checks the classes, and
+# evaluate.py rebuilds the model and normalisation from them.
+def checkpoint_state(cfg: Config, tr: Trainer, p: Progress, data: DataBundle, device: torch.device) -> dict:
+    return {
+        "format": CKPT_FORMAT, "model": tr.model.state_dict(), "optimizer": tr.opt.state_dict(),
+        "scheduler": tr.schedule.state_dict(), "scaler": tr.scaler.state_dict(),
+        "epoch": p.epoch, "step": p.step, "best_val_top1": p.best, "best_epoch": p.best_epoch, "history": p.history,
+        "rng": {"torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
+        "config": to_dict(cfg), "classes": data.train.classes, "stats": data.stats.state(),
+        "image_size": data.image_size,
+    }
 
 
-def load_checkpoint(path: str) -> dict:
-    """Load and sanity-check a checkpoint; every failure is a CheckpointError with a one-line reason."""
-    if not os.path.isfile(path):
-        raise CheckpointError(f"checkpoint {path} not found; pass RUN_DIR/last.pt or RUN_DIR/best.pt")
+def restore_state(tr: Trainer, ckpt: dict, path: str, device: torch.device) -> Progress:
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path} is truncated or not a PyTorch checkpoint ({reason}); "
-                              "use another checkpoint, e.g. the run's best.pt or last.pt") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CKPT_FORMAT or "model" not in ckpt:
-        raise CheckpointError(f"{path} is not an alexnet-lab checkpoint (no '{CKPT_FORMAT}' format tag)")
-    return ckpt
+        tr.model.load_state_dict(ckpt["model"])
+        tr.opt.load_state_dict(ckpt["optimizer"])
+        tr.schedule.load_state_dict(ckpt["scheduler"])
+        tr.scaler.load_state_dict(ckpt["scaler"])
+        p = Progress(ckpt["epoch"], ckpt["step"], ckpt["best_val_top1"], ckpt["best_epoch"], list(ckpt["history"]))
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        if device.type == "cuda" and ckpt["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state(ckpt["rng"]["cuda"], device)
+    except (RuntimeError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{path} does not fit the model/optimizer built from its config "
+                              f"({str(e).splitlines()[0][:160]}); resume without changing model.* or optim.name"
+                              ) from None
+    return p
 
 
 # ---------------------------------------------------------------------------------------------
-# Evaluation (shared with evaluate.py)
+# Logging: run folder, TensorBoard, metrics.jsonl, the console
 
-@torch.no_grad()
-def predict(model: nn.Module, ds: ImageSet, stats: Stats, cfg: DataConfig, device: torch.device,
-            amp: torch.dtype | None, channels_last: bool, views=None) -> torch.Tensor:
-    """(N, K) float32 logits for an ImageSet; `views(batch)` returns TTA views to average.
+@dataclass
+class RunLog:
+    run_dir: str
+    writer: object | None  # SummaryWriter on rank 0, None elsewhere
 
-    Streamed batches arrive as the centre resize x resize square; without TTA they are centre-cropped.
-    """
-    model.eval()
-    out = []
-    size = image_size(cfg)
-    for xb, _ in iterate(ds, list(torch.arange(len(ds.labels)).split(cfg.eval_batch_size)), cfg, device, False):
-        logits = 0.0
-        batches = views(xb) if views else [centre_crop(xb, size)]
-        for v in batches:
-            with autocast(device, amp):
-                logits = logits + model(prepare(v, stats, channels_last=channels_last)).float()
-        out.append(logits / len(batches))
-    return torch.cat(out) if out else torch.empty(0)
+    def path(self, name: str) -> str:
+        return os.path.join(self.run_dir, name)
 
-
-def score(logits: torch.Tensor, labels: torch.Tensor) -> dict:
-    """Cross-entropy loss, top-1 and top-5 accuracy (fractions)."""
-    labels = labels.to(logits.device)
-    k = min(5, logits.shape[1])
-    top = logits.topk(k, 1).indices
-    return {"loss": F.cross_entropy(logits, labels).item(),
-            "top1": (top[:, 0] == labels).float().mean().item(),
-            "top5": (top == labels[:, None]).any(1).float().mean().item()}
-
-
-# ---------------------------------------------------------------------------------------------
-# Logging helpers
 
 def make_run_dir(cfg: Config) -> str:
     if cfg.run_dir:
@@ -316,210 +237,39 @@ def trim_metrics(path: str, epoch: int) -> None:
         f.writelines(lines)
 
 
+def open_run(cfg: Config, rt: Runtime, resumed_epoch: int | None) -> RunLog:
+    """Rank 0: the run folder with its config.yaml, metrics.jsonl cut back to a resumed epoch, TensorBoard."""
+    if not rt.is_main:
+        return RunLog("", None)
+    run_dir = make_run_dir(cfg)
+    save_config(cfg, os.path.join(run_dir, "config.yaml"))
+    if resumed_epoch is not None:
+        trim_metrics(os.path.join(run_dir, "metrics.jsonl"), resumed_epoch)
+    purge = resumed_epoch + 1 if resumed_epoch is not None else None
+    return RunLog(run_dir, open_tensorboard(run_dir, cfg, purge_step=purge))
+
+
+def log_epoch(log: RunLog, row: dict, epochs: int) -> None:
+    e, writer = row["epoch"], log.writer
+    writer.add_scalar("train/loss", row["train_loss"], e)
+    writer.add_scalar("train/top1", row["train_top1"], e)
+    writer.add_scalar("lr", row["lr"], e)
+    writer.add_scalar("perf/img_per_s", row["img_per_s"], e)
+    writer.add_scalar("perf/epoch_s", row["epoch_s"], e)
+    for k in ("loss", "top1", "top5"):
+        if f"val_{k}" in row:
+            writer.add_scalar(f"val/{k}", row[f"val_{k}"], e)
+    writer.flush()
+    with open(log.path("metrics.jsonl"), "a") as f:
+        f.write(json.dumps(row) + "\n")
+    val = (f"val loss {row['val_loss']:.3f} top1 {row['val_top1']:.4f} top5 {row['val_top5']:.4f}"
+           if "val_top1" in row else "no validation split")
+    print(f"epoch {e}/{epochs}  train loss {row['train_loss']:.3f} top1 {row['train_top1']:.4f} | {val} | "
+          f"lr {row['lr']:.3g} | {row['img_per_s']:.0f} img/s, {row['epoch_s']:.1f} s", flush=True)
+
+
 # ---------------------------------------------------------------------------------------------
-# The training loop
-
-def train(cfg: Config, trial=None, resume: str | None = None, data: DataBundle | None = None) -> dict:
-    """Train per `cfg` (continuing `resume` if given); returns the summary dict printed by the CLI.
-
-    `trial` is an optuna.Trial: validation top-1 is reported every epoch and TrialPruned raised on request.
-    `data` lets a caller (bench.py, tests) reuse an already loaded DataBundle.
-    """
-    t_start = time.perf_counter()
-    rank, world = init_distributed(cfg.device)
-    is_main = rank == 0
-    device = resolve_device(cfg.device)
-    if device.type == "cuda" and world > 1:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    amp = resolve_amp(cfg.train.amp, device)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    if device.type == "cpu" and cfg.train.malloc_tune:
-        tune_cpu_allocator()
-    ckpt = load_checkpoint(resume) if resume else None
-    if ckpt is not None:
-        cfg.run_dir = os.path.dirname(os.path.abspath(resume))
-    torch.manual_seed(cfg.seed)
-
-    data = data or load_data(cfg.data, device)
-    classes = data.train.classes
-    if ckpt is not None and list(ckpt["classes"]) != classes:
-        raise CheckpointError(f"{resume} was trained on classes {ckpt['classes'][:5]}..., the data has "
-                              f"{classes[:5]}...; point data.* at the dataset the run used")
-
-    model = build_model(cfg.model, len(classes), data.image_size).to(device)
-    if cfg.model.init_from and ckpt is None:
-        reinit = init_from_checkpoint(model, cfg.model.init_from)
-        print(f"initialised from {cfg.model.init_from}; re-initialised: {', '.join(reinit) or 'nothing'}")
-    frozen = apply_freeze(model, cfg.model.freeze)
-    if cfg.train.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    opt = build_optimizer(model, cfg)
-    sched = build_scheduler(opt, cfg)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
-    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
-
-    start_epoch, step, best, best_epoch, history = 0, 0, -1.0, 0, []
-    if ckpt is not None:
-        try:
-            model.load_state_dict(ckpt["model"])
-            opt.load_state_dict(ckpt["optimizer"])
-        except (RuntimeError, ValueError, KeyError) as e:
-            raise CheckpointError(f"{resume} does not fit the model/optimizer built from its config "
-                                  f"({str(e).splitlines()[0][:160]}); resume without changing model.* or optim.name") from None
-        sched.load_state_dict(ckpt["scheduler"])
-        scaler.load_state_dict(ckpt["scaler"])
-        start_epoch, step = ckpt["epoch"], ckpt["step"]
-        best, best_epoch, history = ckpt["best_val_top1"], ckpt["best_epoch"], list(ckpt["history"])
-        torch.set_rng_state(ckpt["rng"]["torch"])
-        if device.type == "cuda" and ckpt["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state(ckpt["rng"]["cuda"], device)
-    step_model = model
-    if world > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        step_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-        torch.manual_seed(cfg.seed * 1_000_003 + 7919 * rank + start_epoch)  # distinct dropout streams per rank
-    if cfg.train.compile:
-        step_model = torch.compile(step_model)
-
-    run_dir = make_run_dir(cfg) if is_main else ""
-    metrics_path = os.path.join(run_dir, "metrics.jsonl")
-    last_path, best_path = os.path.join(run_dir, "last.pt"), os.path.join(run_dir, "best.pt")
-    writer = None
-    if is_main:  # only rank 0 logs and checkpoints
-        save_config(cfg, os.path.join(run_dir, "config.yaml"))
-        trim_metrics(metrics_path, start_epoch)
-        writer = open_tensorboard(run_dir, cfg, purge_step=start_epoch + 1 if ckpt is not None else None)
-    n_train, n_val = len(data.train.labels), len(data.val.labels)
-    machine = {"hardware": hardware(device, world), "precision": str(amp or torch.float32).removeprefix("torch.")}
-    streamed = data.train.images is None
-    aug = device_augmentation(cfg.data, streamed)
-    if is_main:
-        print(f"run {run_dir}: {cfg.data.name} {n_train} train / {n_val} val images of {data.image_size}px, "
-              f"{len(classes)} classes; {count_params(model, True):,} trainable of {count_params(model):,} params; "
-              f"{machine['hardware']}, {machine['precision']}", flush=True)
-
-    from tqdm import tqdm
-
-    startup_s = None
-    bad_step = torch.full((), -1, dtype=torch.long, device=device)  # first non-finite step, tracked without syncs
-    epoch = start_epoch
-    try:
-        for epoch in range(start_epoch + 1, cfg.train.epochs + 1):
-            model.train()
-            for m in frozen:  # frozen layers keep their normalisation statistics too
-                m.eval()
-            gen = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + epoch)
-            # data.batch_size is per rank: every rank draws the same global batch (same generator) and
-            # trains on its slice, so N ranks see exactly what one process with N x the batch would.
-            batches = train_batches(n_train, cfg.data.batch_size * world, gen, device)
-            if streamed and world > 1:  # workers decode only this rank's slice
-                batches = [b.tensor_split(world)[rank] for b in batches]
-            loss_sum = torch.zeros((), device=device)
-            correct = torch.zeros((), device=device)
-            seen = 0
-            sync(device)
-            t0 = time.perf_counter()
-            bar = tqdm(iterate(data.train, batches, cfg.data, device, True, cfg.seed * 1_000_003 + epoch),
-                       total=len(batches), desc=f"epoch {epoch}/{cfg.train.epochs}", leave=False, file=sys.stderr,
-                       disable=not (cfg.train.progress and is_main), dynamic_ncols=True)
-            for i, (xb, y) in enumerate(bar):
-                if i == 0 and epoch == start_epoch + 1:
-                    startup_s = process_uptime()  # process start -> first training step begins
-                x = prepare(xb, data.stats, aug, gen, cfg.train.channels_last)
-                if world > 1 and not streamed:
-                    x, y = x.tensor_split(world)[rank], y.tensor_split(world)[rank]
-                loss, logits = train_step(step_model, x, y, opt, scaler, criterion, device, amp, cfg.optim.grad_clip)
-                step += 1
-                bad_step = torch.where((bad_step < 0) & ~torch.isfinite(loss), step, bad_step)
-                loss_sum += loss * len(y)
-                correct += (logits.argmax(1) == y).sum()
-                seen += len(y)
-                if (i + 1) % cfg.train.log_every == 0 or i + 1 == len(batches):
-                    check_finite(bad_step, epoch, opt)
-                    bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{correct.item() / seen:.3f}",
-                                    img_s=f"{seen / (time.perf_counter() - t0):.0f}")
-            bar.close()
-            check_finite(bad_step, epoch, opt)
-            if world > 1:  # epoch metrics over all ranks
-                import torch.distributed as dist
-
-                totals = torch.stack([loss_sum, correct.float(), torch.tensor(float(seen), device=device)])
-                dist.all_reduce(totals)
-                loss_sum, correct, seen = totals[0], totals[1], int(totals[2].item())
-            sync(device)
-            train_s = time.perf_counter() - t0
-            row = {"epoch": epoch, "step": step, "lr": current_lr(opt), "train_loss": loss_sum.item() / max(seen, 1),
-                   "train_top1": correct.item() / max(seen, 1), "img_per_s": seen / train_s, "train_s": train_s, **machine}
-            if n_val:
-                logits = predict(model, data.val, data.stats, cfg.data, device, amp, cfg.train.channels_last)
-                v = score(logits, data.val.labels)
-                if not math.isfinite(v["loss"]):
-                    raise TrainingDiverged(f"validation loss is {v['loss']} after epoch {epoch} "
-                                           f"(lr={current_lr(opt):.3g}): {DIVERGE_FIX}")
-                row.update(val_loss=v["loss"], val_top1=v["top1"], val_top5=v["top5"])
-                if len(logits) > 1 and collapsed(logits):  # a warning, not an error: see collapsed()
-                    row["collapsed"] = True
-                    if is_main and not cfg.train.stop_on_collapse:
-                        print(f"warning: epoch {epoch}: every validation image gets the same logits (val top-1 "
-                              f"{v['top1']:.4f}); if this persists, stop and {DIVERGE_FIX}",
-                              file=sys.stderr, flush=True)
-            row["epoch_s"] = time.perf_counter() - t0
-            metric = row.get("val_top1", row["train_top1"])
-            is_best = metric > best
-            if is_best:
-                best, best_epoch = metric, epoch
-            if cfg.sched.name == "plateau":
-                sched.step(metric)
-            else:
-                sched.step()
-            history.append(row)
-            if is_main:  # a collapsed epoch is logged too: it is the run's result
-                log_epoch(writer, metrics_path, row, cfg.train.epochs)
-            if row.get("collapsed") and cfg.train.stop_on_collapse:  # before saving: last.pt keeps the epoch before
-                raise TrainingDiverged(f"the network collapsed in epoch {epoch}: every validation image gets the "
-                                       f"same logits (val top-1 {row['val_top1']:.4f}); {DIVERGE_FIX}; "
-                                       "earlier checkpoints are intact")
-            if not is_main:
-                continue
-            state = {
-                "format": CKPT_FORMAT, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch, "step": step,
-                "best_val_top1": best, "best_epoch": best_epoch, "history": history, "config": to_dict(cfg),
-                "classes": classes, "stats": data.stats.state(), "image_size": data.image_size,
-                "rng": {"torch": torch.get_rng_state(),
-                        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
-            }
-            if is_best and cfg.train.save_best:
-                save_checkpoint(state, best_path)
-            save_checkpoint(state, last_path)
-            if trial is not None:
-                trial.report(metric, epoch)
-                if trial.should_prune():
-                    import optuna
-
-                    raise optuna.TrialPruned(f"pruned after epoch {epoch} at validation top-1 {metric:.4f}")
-    finally:
-        if writer is not None:
-            writer.close()
-
-    final = history[-1] if history else {}
-    has_val = "val_top1" in final
-    return {
-        "run_dir": run_dir,
-        "best_val_top1": best if has_val else None,
-        "final_val_top1": final.get("val_top1"),
-        "final_val_top5": final.get("val_top5"),
-        "best_epoch": best_epoch,
-        "epochs": final.get("epoch", start_epoch),
-        "best_checkpoint": best_path if cfg.train.save_best and os.path.exists(best_path) else last_path,
-        "last_checkpoint": last_path,
-        "train_img_per_s": sum(r["img_per_s"] for r in history[-3:]) / max(1, len(history[-3:])),
-        "wall_s": time.perf_counter() - t_start,
-        "startup_s": startup_s,
-    }
-
+# One epoch of training
 
 def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, opt: torch.optim.Optimizer,
                scaler: torch.amp.GradScaler, criterion: nn.Module, device: torch.device, amp: torch.dtype | None,
@@ -538,18 +288,6 @@ def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, opt: torch.op
     return loss.detach(), logits.detach()
 
 
-def process_uptime() -> float | None:
-    """Seconds since this process started (read from /proc; None where there is no /proc)."""
-    try:
-        with open("/proc/self/stat") as f:
-            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
-        with open("/proc/uptime") as f:
-            uptime = float(f.read().split()[0])
-        return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        return None
-
-
 def check_finite(bad_step: torch.Tensor, epoch: int, opt: torch.optim.Optimizer) -> None:
     """Raise TrainingDiverged if any step so far produced a non-finite loss (one host sync)."""
     s = int(bad_step.item())
@@ -558,6 +296,67 @@ def check_finite(bad_step: torch.Tensor, epoch: int, opt: torch.optim.Optimizer)
                                "lower optim.lr, try model.init=paper or kaiming, or add sched.warmup_epochs; "
                                "checkpoints from earlier epochs are intact")
 
+
+def epoch_batches(cfg: Config, data: DataBundle, rt: Runtime, gen: torch.Generator, epoch: int):
+    """One epoch's (uint8 images, labels) batches on the device, and how many there are.
+
+    data.batch_size is per rank: every rank draws the same global batch (same generator), augments all of
+    it and trains on its slice (see train_one_epoch), so N ranks see exactly what one process with N x the
+    batch would. Streaming workers decode only this rank's slice."""
+    batches = train_batches(len(data.train.labels), cfg.data.batch_size * rt.world, gen, rt.device)
+    if data.train.images is None and rt.world > 1:
+        batches = [b.tensor_split(rt.world)[rt.rank] for b in batches]
+    return iterate(data.train, batches, cfg.data, rt.device, True, mix_seed(cfg.seed, epoch)), len(batches)
+
+
+def train_one_epoch(cfg: Config, tr: Trainer, data: DataBundle, rt: Runtime, p: Progress, epoch: int) -> dict:
+    """Train one epoch; returns its metrics row (training half). Syncs with the host every train.log_every steps."""
+    tr.model.train()
+    for m in tr.frozen:  # frozen layers keep their normalisation statistics too
+        m.eval()
+    gen = torch.Generator(device=rt.device).manual_seed(mix_seed(cfg.seed, epoch))
+    streamed = data.train.images is None
+    aug = train_augment(cfg.data, streamed)
+    batches, n_batches = epoch_batches(cfg, data, rt, gen, epoch)
+    loss_sum, correct, seen = torch.zeros((), device=rt.device), torch.zeros((), device=rt.device), 0
+    bad_step = torch.full((), -1, dtype=torch.long, device=rt.device)  # first non-finite step, without syncs
+    sync(rt.device)
+    t0 = time.perf_counter()
+    bar = tqdm(batches, total=n_batches, desc=f"epoch {epoch}/{cfg.train.epochs}", leave=False, file=sys.stderr,
+               disable=not (cfg.train.progress and rt.is_main), dynamic_ncols=True)
+    for i, (xb, y) in enumerate(bar):
+        if rt.startup_s is None:
+            rt.startup_s = process_uptime()
+        x = prepare(xb, data.stats, aug, gen, cfg.train.channels_last)
+        if rt.world > 1 and not streamed:  # augmented as one global batch, so the random draws match
+            x, y = x.tensor_split(rt.world)[rt.rank], y.tensor_split(rt.world)[rt.rank]
+        loss, logits = train_step(tr.step_model, x, y, tr.opt, tr.scaler, tr.criterion, rt.device, rt.amp,
+                                  cfg.optim.grad_clip)
+        tr.schedule.batch_done()
+        p.step += 1
+        bad_step = torch.where((bad_step < 0) & ~torch.isfinite(loss), p.step, bad_step)
+        loss_sum += loss * len(y)
+        correct += (logits.argmax(1) == y).sum()
+        seen += len(y)
+        if (i + 1) % cfg.train.log_every == 0 or i + 1 == n_batches:
+            check_finite(bad_step, epoch, tr.opt)
+            bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{correct.item() / seen:.3f}",
+                            img_s=f"{seen / (time.perf_counter() - t0):.0f}")
+    bar.close()
+    check_finite(bad_step, epoch, tr.opt)
+    if rt.world > 1:  # epoch metrics over all ranks
+        totals = torch.stack([loss_sum, correct.float(), torch.tensor(float(seen), device=rt.device)])
+        dist.all_reduce(totals)
+        loss_sum, correct, seen = totals[0], totals[1], int(totals[2].item())
+    sync(rt.device)
+    train_s = time.perf_counter() - t0
+    return {"epoch": epoch, "step": p.step, "lr": current_lr(tr.opt), "train_loss": loss_sum.item() / max(seen, 1),
+            "train_top1": correct.item() / max(seen, 1), "img_per_s": seen / train_s, "train_s": train_s,
+            **rt.describe()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation and the end of an epoch
 
 def collapsed(logits: torch.Tensor) -> bool:
     """True when every image gets the same logits up to float rounding (batches of different sizes take
@@ -570,23 +369,113 @@ def collapsed(logits: torch.Tensor) -> bool:
     return bool(spread <= 1e-3 * logits.abs().max())
 
 
-def log_epoch(writer, metrics_path: str, row: dict, epochs: int) -> None:
-    e = row["epoch"]
-    writer.add_scalar("train/loss", row["train_loss"], e)
-    writer.add_scalar("train/top1", row["train_top1"], e)
-    writer.add_scalar("lr", row["lr"], e)
-    writer.add_scalar("perf/img_per_s", row["img_per_s"], e)
-    writer.add_scalar("perf/epoch_s", row["epoch_s"], e)
-    for k in ("loss", "top1", "top5"):
-        if f"val_{k}" in row:
-            writer.add_scalar(f"val/{k}", row[f"val_{k}"], e)
-    writer.flush()
-    with open(metrics_path, "a") as f:
-        f.write(json.dumps(row) + "\n")
-    val = (f"val loss {row['val_loss']:.3f} top1 {row['val_top1']:.4f} top5 {row['val_top5']:.4f}"
-           if "val_top1" in row else "no validation split")
-    print(f"epoch {e}/{epochs}  train loss {row['train_loss']:.3f} top1 {row['train_top1']:.4f} | {val} | "
-          f"lr {row['lr']:.3g} | {row['img_per_s']:.0f} img/s, {row['epoch_s']:.1f} s", flush=True)
+def validate(cfg: Config, tr: Trainer, data: DataBundle, rt: Runtime, epoch: int) -> dict:
+    """The validation half of the epoch's row (empty without a validation split)."""
+    if not len(data.val.labels):
+        return {}
+    logits = predict(tr.model, data.val, data.stats, cfg.data, rt.device, rt.amp, cfg.train.channels_last)
+    v = score(logits, data.val.labels)
+    if not math.isfinite(v["loss"]):
+        raise TrainingDiverged(f"validation loss is {v['loss']} after epoch {epoch} "
+                               f"(lr={current_lr(tr.opt):.3g}): {DIVERGE_FIX}")
+    row = {"val_loss": v["loss"], "val_top1": v["top1"], "val_top5": v["top5"]}
+    if len(logits) > 1 and collapsed(logits):  # a warning, not an error: see collapsed()
+        row["collapsed"] = True
+        if rt.is_main and not cfg.train.stop_on_collapse:
+            print(f"warning: epoch {epoch}: every validation image gets the same logits (val top-1 "
+                  f"{v['top1']:.4f}); if this persists, stop and {DIVERGE_FIX}", file=sys.stderr, flush=True)
+    return row
+
+
+def end_epoch(cfg: Config, tr: Trainer, p: Progress, row: dict, data: DataBundle, rt: Runtime, log: RunLog,
+              trial=None) -> None:
+    """Record the epoch, step the schedule, save last.pt (and best.pt), and let Optuna prune."""
+    metric = row.get("val_top1", row["train_top1"])
+    is_best = metric > p.best
+    if is_best:
+        p.best, p.best_epoch = metric, row["epoch"]
+    tr.schedule.epoch_done(metric)
+    p.epoch = row["epoch"]
+    p.history.append(row)
+    if rt.is_main:  # a collapsed epoch is logged too: it is the run's result
+        log_epoch(log, row, cfg.train.epochs)
+    if row.get("collapsed") and cfg.train.stop_on_collapse:  # before saving: last.pt keeps the epoch before
+        raise TrainingDiverged(f"the network collapsed in epoch {p.epoch}: every validation image gets the "
+                               f"same logits (val top-1 {row['val_top1']:.4f}); {DIVERGE_FIX}; "
+                               "earlier checkpoints are intact")
+    if rt.is_main:
+        state = checkpoint_state(cfg, tr, p, data, rt.device)
+        if is_best and cfg.train.save_best:
+            save_checkpoint(state, log.path("best.pt"))
+        save_checkpoint(state, log.path("last.pt"))
+    if trial is not None:
+        trial.report(metric, p.epoch)
+        if trial.should_prune():
+            import optuna
+
+            raise optuna.TrialPruned(f"pruned after epoch {p.epoch} at validation top-1 {metric:.4f}")
+
+
+def summary(cfg: Config, p: Progress, log: RunLog, rt: Runtime, wall_s: float) -> dict:
+    """What train() returns and the CLI prints."""
+    final = p.history[-1] if p.history else {}
+    best_path, last_path = log.path("best.pt"), log.path("last.pt")
+    return {
+        "run_dir": log.run_dir,
+        "best_val_top1": p.best if "val_top1" in final else None,
+        "final_val_top1": final.get("val_top1"),
+        "final_val_top5": final.get("val_top5"),
+        "best_epoch": p.best_epoch,
+        "epochs": final.get("epoch", p.epoch),
+        "best_checkpoint": best_path if cfg.train.save_best and os.path.exists(best_path) else last_path,
+        "last_checkpoint": last_path,
+        "train_img_per_s": sum(r["img_per_s"] for r in p.history[-3:]) / max(1, len(p.history[-3:])),
+        "wall_s": wall_s,
+        "startup_s": rt.startup_s,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+
+def train(cfg: Config, trial=None, resume: str | None = None) -> dict:
+    """Train per `cfg` (continuing `resume` if given); returns the summary dict printed by the CLI.
+
+    `trial` is an optuna.Trial: validation top-1 is reported every epoch and TrialPruned raised on request.
+    """
+    t_start = time.perf_counter()
+    rt = start_runtime(cfg)
+    ckpt = load_checkpoint(resume) if resume else None
+    if ckpt is not None:
+        cfg.run_dir = os.path.dirname(os.path.abspath(resume))
+    torch.manual_seed(cfg.seed)
+
+    data = load_data(cfg.data, rt.device)
+    classes = data.train.classes
+    if ckpt is not None and list(ckpt["classes"]) != classes:
+        raise CheckpointError(f"{resume} was trained on classes {ckpt['classes'][:5]}..., the data has "
+                              f"{classes[:5]}...; point data.* at the dataset the run used")
+    tr = build_trainer(cfg, len(classes), data.image_size, len(data.train.labels), rt, transfer=ckpt is None)
+    p = restore_state(tr, ckpt, resume, rt.device) if ckpt is not None else Progress()
+    parallelise(tr, cfg, rt, p.epoch)
+    log = open_run(cfg, rt, p.epoch if ckpt is not None else None)
+    if rt.is_main:
+        m = rt.describe()
+        print(f"run {log.run_dir}: {cfg.data.name} {len(data.train.labels)} train / {len(data.val.labels)} val "
+              f"images of {data.image_size}px, {len(classes)} classes; {count_params(tr.model, True):,} trainable "
+              f"of {count_params(tr.model):,} params; {m['hardware']}, {m['precision']}", flush=True)
+
+    try:
+        for epoch in range(p.epoch + 1, cfg.train.epochs + 1):
+            row = train_one_epoch(cfg, tr, data, rt, p, epoch)
+            t_val = time.perf_counter()
+            row.update(validate(cfg, tr, data, rt, epoch))
+            row["epoch_s"] = row["train_s"] + time.perf_counter() - t_val
+            end_epoch(cfg, tr, p, row, data, rt, log, trial)
+    finally:
+        if log.writer is not None:
+            log.writer.close()
+    return summary(cfg, p, log, rt, time.perf_counter() - t_start)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -599,26 +488,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. optim.lr=0.01")
     args = ap.parse_args(argv)
     try:
-        if args.resume:
-            if args.config:
-                raise ConfigError("--resume takes the config from the checkpoint; pass changes as key=value")
-            cfg = load_config(base=load_checkpoint(args.resume)["config"], overrides=args.overrides)
-        else:
-            cfg = load_config(args.config, args.overrides)
-        result = train(cfg, resume=args.resume)
-    except (ConfigError, DataError, CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except TrainingDiverged as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 3
+        return cli(lambda: run_cli(args))
     except KeyboardInterrupt:
         print("interrupted; continue with: python train.py --resume RUN_DIR/last.pt", file=sys.stderr)
         return 130
+    finally:
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def run_cli(args) -> int:
+    if args.resume:
+        if args.config:
+            raise ConfigError("--resume takes the config from the checkpoint; pass changes as key=value")
+        cfg = load_config(base=load_checkpoint(args.resume)["config"], overrides=args.overrides)
+    else:
+        cfg = load_config(args.config, args.overrides)
+    result = train(cfg, resume=args.resume)
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(result), flush=True)
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
     return 0
 
 

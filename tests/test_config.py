@@ -3,7 +3,7 @@ import os
 import pytest
 import yaml
 
-from config import Config, ConfigError, flat_items, load_config, save_config, to_dict
+from config import Config, ConfigError, flat_items, load_config, markdown_reference, save_config, to_dict
 
 
 def write(path, text):
@@ -109,7 +109,11 @@ def test_seed_cifar10_presets_match_the_table():
     assert base.model.conv_channels == [96, 128, 256, 128, 128] and base.model.fc_widths == [1024, 512]
 
 
-def test_readme_config_reference_lists_every_key():
+def test_readme_config_reference_lists_every_key_with_its_default():
     readme = open("README.md").read()
     for key, _, default, _ in flat_items():
         assert f"`{key}`" in readme, f"README's config reference misses {key}; regenerate it with python config.py"
+    # Every row, default and meaning included, is the generated one: a changed default cannot go stale.
+    section = readme.split("| key | type | default | meaning |\n|---|---|---|---|\n", 1)[1]
+    rows = section.split("\n\n", 1)[0].splitlines()
+    assert rows == markdown_reference().splitlines()[2:], "README's config reference is stale; run python config.py"

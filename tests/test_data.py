@@ -116,10 +116,10 @@ def stats_for(images):
 def test_augmentation_shapes_dtype_and_seeded_determinism():
     imgs = D.make_synthetic(16, 32, 10, seed=0).images
     stats = stats_for(imgs)
-    cfg = DataConfig(crop_padding=4, flip=True, pca_lighting=0.1, color_jitter=0.4, cutout=8)
-    a = D.prepare(imgs, stats, cfg, torch.Generator().manual_seed(5))
-    b = D.prepare(imgs, stats, cfg, torch.Generator().manual_seed(5))
-    c = D.prepare(imgs, stats, cfg, torch.Generator().manual_seed(6))
+    aug = D.train_augment(DataConfig(crop_padding=4, flip=True, pca_lighting=0.1, color_jitter=0.4, cutout=8), False)
+    a = D.prepare(imgs, stats, aug, torch.Generator().manual_seed(5))
+    b = D.prepare(imgs, stats, aug, torch.Generator().manual_seed(5))
+    c = D.prepare(imgs, stats, aug, torch.Generator().manual_seed(6))
     assert a.shape == (16, 3, 32, 32) and a.dtype == torch.float32
     assert a.is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(a, b) and not torch.equal(a, c)
@@ -150,7 +150,7 @@ def test_pca_lighting_is_a_per_image_colour_shift():
     imgs = D.make_synthetic(8, 16, 10, seed=0).images
     stats = stats_for(imgs)
     base = D.prepare(imgs, stats)
-    lit = D.prepare(imgs, stats, DataConfig(pca_lighting=0.1), torch.Generator().manual_seed(0))
+    lit = D.prepare(imgs, stats, D.Augment(pca_lighting=0.1), torch.Generator().manual_seed(0))
     diff = (lit - base) * stats.std[None, :, None, None]  # back to [0, 1] pixel units
     assert diff.abs().max() > 0
     # The same RGB offset is added to every pixel of an image.
@@ -158,10 +158,23 @@ def test_pca_lighting_is_a_per_image_colour_shift():
 
 
 def test_cutout_zeroes_a_square():
-    x = torch.ones(4, 16, 16, 3)
+    x = torch.ones(64, 16, 16, 3)
     out = D.cutout(x, 6, torch.Generator().manual_seed(0))
-    zeros = (out[..., 0] == 0).sum((1, 2))
-    assert ((zeros > 0) & (zeros <= 36)).all()
+    zeros = out == 0
+    assert torch.equal(zeros, zeros[..., :1].expand_as(zeros))  # all channels of a pixel together
+    for img in zeros[..., 0]:
+        rows, cols = img.any(1).nonzero().flatten(), img.any(0).nonzero().flatten()
+        # One axis-aligned rectangle, filled: a 6 x 6 square, cut only where it crosses the border.
+        assert img.sum() == len(rows) * len(cols) and img[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1].all()
+        for idx in (rows, cols):
+            assert torch.equal(idx, torch.arange(idx[0], idx[-1] + 1))
+            assert len(idx) == 6 or (idx[0] == 0 or idx[-1] == 15) and 3 <= len(idx) < 6, idx
+    whole = [img.sum() == 36 for img in zeros[..., 0]]
+    assert sum(whole) > 20  # most squares lie inside the 16 x 16 image
+    # Streamed batches arrive cropped and flipped by the workers; the device only does the rest.
+    cfg = DataConfig(crop_padding=4, flip=True, cutout=6)
+    assert D.train_augment(cfg, streamed=True) == D.Augment(cutout=6)
+    assert D.train_augment(cfg, streamed=False) == D.Augment(crop_padding=4, flip=True, cutout=6)
 
 
 def test_tinyimagenet_download_failure_is_a_clear_error(tmp_path, monkeypatch):

@@ -10,7 +10,7 @@ import torch
 
 import train as T
 from config import load_config
-from data import load_data
+from data import load_data, prepare
 from evaluate import evaluate
 
 PY = sys.executable
@@ -26,7 +26,7 @@ def test_one_step_lowers_the_loss(tiny):
     data = load_data(cfg.data, torch.device("cpu"))
     model = T.build_model(cfg.model, 10, 32)
     opt = T.build_optimizer(model, cfg)
-    x = T.prepare(data.train.images[:64], data.stats)
+    x = prepare(data.train.images[:64], data.stats)
     y = data.train.labels[:64]
     losses = []
     for _ in range(2):
