@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 import sweep
-from config import load_config, parse_overrides
+from config import load_config, parse_overrides, to_dict
 from conftest import TINY
 from train import train
 
@@ -102,8 +102,22 @@ def test_bad_space_key_fails_before_any_trial(make_sweep, capsys):
 def test_shipped_sweep_files_validate():
     import glob
 
+    ablations = sorted(os.path.basename(f)[:-5] for f in glob.glob("configs/ablations/*.yaml"))
+    # One per comparison the lab exists for: each varies what its name says, over seeds 0-2.
+    varies = {"activation": "model.activation", "augmentation": "data", "dropout": "model.dropout",
+              "head": "model.head", "init": "model.init", "normalisation": "model.norm", "optimizer": "optim",
+              "pooling": "model.pool", "scheduler": "sched"}
+    assert ablations == sorted(varies)
+    best = to_dict(load_config("configs/cifar10_best.yaml"))
+    for name, key in varies.items():
+        sw, _ = sweep.load_sweep(f"configs/ablations/{name}.yaml")
+        assert set(sw.grid) == {key, "seed"} and sw.grid["seed"] == [0, 1, 2], name
+        # The preset itself is one arm, so every comparison is against the recipe it ablates.
+        section, _, field = key.partition(".")
+        here = best[section][field] if field else best[section]
+        arms = sw.grid[key]
+        assert any(arm == here if field else all(here[k] == v for k, v in arm.items()) for arm in arms), name
     files = glob.glob("configs/ablations/*.yaml") + ["configs/sweep.yaml", "configs/sweep_quickstart.yaml"]
-    assert len(files) == 11
     for f in files:
         sw, base = sweep.load_sweep(f)
         sweep.validate_space(base, sw, [])

@@ -11,31 +11,13 @@ import torch
 import train as T
 from config import load_config
 from data import load_data, prepare
-from evaluate import evaluate
+from evaluate import evaluate, predict, tta_views
 
 PY = sys.executable
 
 
 def run_cli(args, timeout=300):
     return subprocess.run([PY, *args], capture_output=True, text=True, timeout=timeout)
-
-
-def test_one_step_lowers_the_loss(tiny):
-    cfg = load_config(None, tiny("model.dropout=0"))
-    torch.manual_seed(0)
-    data = load_data(cfg.data, torch.device("cpu"))
-    model = T.build_model(cfg.model, 10, 32)
-    opt = T.build_optimizer(model, cfg)
-    x = prepare(data.train.images[:64], data.stats)
-    y = data.train.labels[:64]
-    losses = []
-    for _ in range(2):
-        loss = torch.nn.functional.cross_entropy(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    assert losses[1] < losses[0]
 
 
 def test_quickstart_config_learns_far_above_chance(tiny):
@@ -100,16 +82,21 @@ def test_resume_after_kill_is_bit_identical(tiny, tmp_path):
     killed = tmp_path / "killed"
     proc = subprocess.Popen([PY, "train.py", *args, f"run_dir={killed}"], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    metrics = killed / "metrics.jsonl"
+    metrics, last = killed / "metrics.jsonl", killed / "last.pt"
+
+    def saved_epoch():  # last.pt is replaced atomically, so whatever is there loads whole
+        try:
+            return torch.load(last, weights_only=True)["epoch"]
+        except (FileNotFoundError, EOFError, RuntimeError):
+            return 0
+
     deadline = time.time() + 240
-    while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
-        time.sleep(0.05)
-    time.sleep(0.3)  # land somewhere inside epoch 3
-    assert proc.poll() is None, "the run finished before it could be killed; make it longer"
-    proc.send_signal(signal.SIGKILL)
+    while time.time() < deadline and saved_epoch() < 2 and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)  # epoch 2 is saved: the run is now past it, inside epoch 3
     proc.wait()
-    ckpt = torch.load(killed / "last.pt", weights_only=True)
-    assert 2 <= ckpt["epoch"] < 5
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    assert saved_epoch() == 2
     p = run_cli(["train.py", "--resume", str(killed / "last.pt")])
     assert p.returncode == 0, p.stderr
     a, b = final_weights(straight), final_weights(killed)
@@ -206,9 +193,40 @@ def test_evaluate_json_matches_training_validation(tiny, tmp_path):
     assert r["top1"] == pytest.approx(result["final_val_top1"], abs=1e-6)
     assert os.path.isfile(os.path.join(result["run_dir"], "confusion_val.png"))
     for tta in ("flip", "ten_crop"):
-        assert 0 <= evaluate(result["last_checkpoint"], "val", tta)["top1"] <= 1
+        r = evaluate(result["last_checkpoint"], "val", tta)
+        assert r["tta"] == tta and r["n"] == 120 and sum(map(sum, r["confusion"])) == 120
     seen = evaluate(result["last_checkpoint"], "train")  # the images it trained on: 48 per class, un-augmented
     assert seen["n"] == 480 and [sum(row) for row in seen["confusion"]] == [48] * 10
+
+
+def test_tta_views_are_the_flips_and_crops_they_claim():
+    x = torch.arange(2 * 6 * 6 * 3, dtype=torch.int32).reshape(2, 6, 6, 3)  # stored at the input size, 6
+    plain, flipped = tta_views("flip", 0, 6)(x)
+    assert torch.equal(plain, x) and torch.equal(flipped, x.flip(2))
+    crops = tta_views("ten_crop", 1, 6)(x)  # from the image zero-padded by crop_padding=1, as in training
+    padded = torch.nn.functional.pad(x, (0, 0, 1, 1, 1, 1))
+    assert len(crops) == 10 and all(c.shape == x.shape for c in crops)
+    corners = [padded[:, :6, :6], padded[:, :6, 2:], padded[:, 2:, :6], padded[:, 2:, 2:]]
+    assert all(torch.equal(c, want) for c, want in zip(crops, corners)) and torch.equal(crops[4], x)
+    assert all(torch.equal(crops[5 + i], crops[i].flip(2)) for i in range(5))
+    big = torch.arange(8 * 8 * 3, dtype=torch.int32).reshape(1, 8, 8, 3)  # streamed at the resize, 8 for 6
+    crops = tta_views("ten_crop", 4, 6)(big)
+    assert torch.equal(crops[0], big[:, :6, :6]) and torch.equal(crops[3], big[:, 2:, 2:])
+    assert torch.equal(crops[4], big[:, 1:7, 1:7])
+
+
+def test_predict_averages_the_logits_of_its_views(tiny):
+    cfg = load_config(None, tiny())
+    data = load_data(cfg.data, torch.device("cpu"))
+    model = T.build_model(cfg.model, 10, 32).eval()
+    val = data.val.subset(torch.arange(5))
+    got = predict(model, val, data.stats, cfg.data, torch.device("cpu"), None, False, tta_views("flip", 0, 32))
+    with torch.no_grad():
+        x = val.images
+        want = (model(prepare(x, data.stats, channels_last=False))
+                + model(prepare(x.flip(2), data.stats, channels_last=False))) / 2
+    assert torch.allclose(got, want, atol=1e-5)
+    assert not torch.allclose(got, predict(model, val, data.stats, cfg.data, torch.device("cpu"), None, False))
 
 
 def test_evaluate_rejects_bad_checkpoints_and_other_classes(tiny, tmp_path):
