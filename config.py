@@ -335,6 +335,31 @@ def to_dict(cfg: Config) -> dict:
     return dataclasses.asdict(cfg)
 
 
+def flatten(d: dict, prefix: str = "") -> dict:
+    """{"optim": {"lr": 0.1}} -> {"optim.lr": 0.1}."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+# What a resume may change: where and how the same run goes on, never what it computes. train.epochs
+# extends (or shortens) the run; a schedule planned for the old length is re-planned (optim.py).
+RESUME_KEYS = ("train.epochs", "device", "data.root", "data.cache_dir", "data.num_workers", "data.eval_batch_size",
+               "train.progress", "train.log_every", "train.save_best", "train.stop_on_collapse", "name", "out_dir",
+               "run_dir")
+
+
+def resume_changes(saved: dict, cfg: Config) -> dict[str, tuple[Any, Any]]:
+    """{dotted key: (run's value, new value)} for every key `cfg` changes in a run's saved config
+    (fields added to Config since the run was saved count at their defaults, i.e. unchanged)."""
+    before, after = flatten(to_dict(load_config(base=saved))), flatten(to_dict(cfg))
+    return {k: (before.get(k), v) for k, v in after.items() if before.get(k) != v}
+
+
 def save_config(cfg: Config, path: str) -> None:
     """Write the fully resolved config so `train.py --config path` re-runs it."""
     write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -97,5 +97,23 @@ def build_schedule(opt: torch.optim.Optimizer, cfg: Config, steps_per_epoch: int
     return Schedule(S.SequentialLR(opt, [warm, main], milestones=[warm_steps]), "step")
 
 
+# Schedules whose plan depends on train.epochs: a resume that changes the length re-plans them.
+LENGTH_DEPENDENT = ("cosine", "onecycle")
+
+
+def continue_schedule(opt: torch.optim.Optimizer, cfg: Config, from_epoch: int, last_lr: float | None) -> Schedule:
+    """The schedule of a run whose length a resume changed after epoch `from_epoch`: a cosine, per epoch,
+    from the lr its last epoch trained at down towards sched.min_lr at the new end. So the lr never rises
+    and no epoch trains at min_lr (a finished cosine ends at it). `last_lr` (group 0's) re-plans from
+    that lr; None rebuilds an earlier re-plan, whose state the caller then loads."""
+    if last_lr is not None:
+        scale = last_lr / opt.param_groups[0]["initial_lr"]  # every group keeps its ratio (head_lr_mult)
+        for g in opt.param_groups:
+            g["initial_lr"] = g["lr"] = g["initial_lr"] * scale
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.train.epochs - from_epoch,
+                                                       eta_min=cfg.sched.min_lr)
+    return Schedule(sched, "epoch")
+
+
 def current_lr(opt: torch.optim.Optimizer) -> float:
     return opt.param_groups[0]["lr"]

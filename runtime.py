@@ -208,4 +208,8 @@ def load_checkpoint(path: str) -> dict:
                               "use another checkpoint, e.g. the run's best.pt or last.pt") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CKPT_FORMAT or "model" not in ckpt:
         raise CheckpointError(f"{path} is not an alexnet-lab checkpoint (no '{CKPT_FORMAT}' format tag)")
+    missing = [k for k in ("config", "classes", "stats", "image_size") if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"{path} is an incomplete alexnet-lab checkpoint (no {', '.join(missing)}); "
+                              "use the run's last.pt or best.pt as train.py wrote it")
     return ckpt

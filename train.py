@@ -20,11 +20,11 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from config import Config, ConfigError, load_config, save_config, to_dict
+from config import RESUME_KEYS, Config, ConfigError, flatten, load_config, resume_changes, save_config, to_dict
 from data import DataBundle, batches_per_epoch, iterate, load_data, prepare, train_augment, train_batches
 from evaluate import predict, score
 from models import AlexNet, build_model, count_params
-from optim import Schedule, build_optimizer, build_schedule, current_lr
+from optim import LENGTH_DEPENDENT, Schedule, build_optimizer, build_schedule, continue_schedule, current_lr
 from runtime import (CKPT_FORMAT, CheckpointError, TrainingDiverged, autocast, cli, hardware, init_distributed,
                      load_checkpoint, mix_seed, precision_name, process_uptime, resolve_amp, resolve_device,
                      save_checkpoint, sync, tune_cpu_allocator)
@@ -146,6 +146,7 @@ class Progress:
     best: float = -1.0  # best validation top-1 (training top-1 without a validation split)
     best_epoch: int = 0
     history: list[dict] = field(default_factory=list)  # one metrics row per epoch
+    replanned_at: int = 0  # the epoch after which a resume that changed train.epochs re-planned the schedule
 
 
 # What a checkpoint saves and what resume restores, side by side. config, classes, stats and image_size
@@ -156,6 +157,7 @@ def checkpoint_state(cfg: Config, tr: Trainer, p: Progress, data: DataBundle, de
         "format": CKPT_FORMAT, "model": tr.model.state_dict(), "optimizer": tr.opt.state_dict(),
         "scheduler": tr.schedule.state_dict(), "scaler": tr.scaler.state_dict(),
         "epoch": p.epoch, "step": p.step, "best_val_top1": p.best, "best_epoch": p.best_epoch, "history": p.history,
+        "replanned_at": p.replanned_at,
         "rng": {"torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
         "config": to_dict(cfg), "classes": data.train.classes, "stats": data.stats.state(),
@@ -163,21 +165,46 @@ def checkpoint_state(cfg: Config, tr: Trainer, p: Progress, data: DataBundle, de
     }
 
 
-def restore_state(tr: Trainer, ckpt: dict, path: str, device: torch.device) -> Progress:
+def restore_state(tr: Trainer, ckpt: dict, path: str, cfg: Config, device: torch.device) -> Progress:
+    """The inverse of checkpoint_state. A length-dependent schedule (cosine, onecycle) of a run that this
+    resume extends or shortens is re-planned from the lr of its last epoch (optim.continue_schedule)."""
     try:
         tr.model.load_state_dict(ckpt["model"])
+        p = Progress(ckpt["epoch"], ckpt["step"], ckpt["best_val_top1"], ckpt["best_epoch"], list(ckpt["history"]),
+                     ckpt.get("replanned_at", 0))
+        replan = cfg.train.epochs != ckpt["config"]["train"]["epochs"] and cfg.sched.name in LENGTH_DEPENDENT
+        if p.replanned_at and not replan:  # the re-planned schedule, rebuilt to take its saved state
+            tr.schedule = continue_schedule(tr.opt, cfg, p.replanned_at, None)
         tr.opt.load_state_dict(ckpt["optimizer"])
-        tr.schedule.load_state_dict(ckpt["scheduler"])
+        if replan:
+            p.replanned_at = p.epoch
+            tr.schedule = continue_schedule(tr.opt, cfg, p.epoch, p.history[-1]["lr"])
+        else:
+            tr.schedule.load_state_dict(ckpt["scheduler"])
         tr.scaler.load_state_dict(ckpt["scaler"])
-        p = Progress(ckpt["epoch"], ckpt["step"], ckpt["best_val_top1"], ckpt["best_epoch"], list(ckpt["history"]))
         torch.set_rng_state(ckpt["rng"]["torch"])
         if device.type == "cuda" and ckpt["rng"].get("cuda") is not None:
             torch.cuda.set_rng_state(ckpt["rng"]["cuda"], device)
-    except (RuntimeError, ValueError, KeyError, TypeError) as e:
+    except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
         raise CheckpointError(f"{path} does not fit the model/optimizer built from its config "
                               f"({str(e).splitlines()[0][:160]}); resume without changing model.* or optim.name"
                               ) from None
     return p
+
+
+def check_resume(ckpt: dict, cfg: Config, path: str) -> None:
+    """A resume continues the same run: refuse (before anything is written) a change to what it computes."""
+    changes = resume_changes(ckpt["config"], cfg)
+    refused = {k: v for k, v in changes.items() if k not in RESUME_KEYS}
+    if refused:
+        said = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in refused.items())
+        raise ConfigError(f"--resume continues the same run and would change what it computes ({said}); "
+                          f"start a new run instead, e.g. python train.py --config {os.path.dirname(path)}/config.yaml "
+                          f"{' '.join(f'{k}={new}' for k, (_, new) in refused.items())} run_dir=NEW_DIR "
+                          f"(add model.init_from={path} to start from its weights)")
+    if "train.epochs" in changes and cfg.train.epochs <= ckpt["epoch"]:
+        raise ConfigError(f"train.epochs={cfg.train.epochs} but the run has already trained {ckpt['epoch']} epochs; "
+                          "pass a larger train.epochs to extend it")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -204,14 +231,8 @@ def make_run_dir(cfg: Config) -> str:
     return path
 
 
-def flat_hparams(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(flat_hparams(v, f"{prefix}{k}."))
-        else:
-            out[prefix + k] = v if isinstance(v, (int, float, str, bool)) else str(v)
-    return out
+def flat_hparams(d: dict) -> dict:
+    return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in flatten(d).items()}
 
 
 def open_tensorboard(run_dir: str, cfg: Config, purge_step: int | None):
@@ -448,6 +469,7 @@ def train(cfg: Config, trial=None, resume: str | None = None) -> dict:
     ckpt = load_checkpoint(resume) if resume else None
     if ckpt is not None:
         cfg.run_dir = os.path.dirname(os.path.abspath(resume))
+        check_resume(ckpt, cfg, resume)
     torch.manual_seed(cfg.seed)
 
     data = load_data(cfg.data, rt.device)
@@ -456,7 +478,7 @@ def train(cfg: Config, trial=None, resume: str | None = None) -> dict:
         raise CheckpointError(f"{resume} was trained on classes {ckpt['classes'][:5]}..., the data has "
                               f"{classes[:5]}...; point data.* at the dataset the run used")
     tr = build_trainer(cfg, len(classes), data.image_size, len(data.train.labels), rt, transfer=ckpt is None)
-    p = restore_state(tr, ckpt, resume, rt.device) if ckpt is not None else Progress()
+    p = restore_state(tr, ckpt, resume, cfg, rt.device) if ckpt is not None else Progress()
     parallelise(tr, cfg, rt, p.epoch)
     log = open_run(cfg, rt, p.epoch if ckpt is not None else None)
     if rt.is_main:
