@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import typing
 from dataclasses import dataclass, field
@@ -137,11 +138,15 @@ def read_yaml_chain(path: str, _seen: tuple[str, ...] = ()) -> dict:
     path = os.path.abspath(path)
     if path in _seen:
         raise ConfigError(f"config {path}: `extends` loops back to itself")
+    if os.path.isdir(path):
+        raise ConfigError(f"config {path} is a directory; pass a YAML file, e.g. configs/quickstart.yaml")
     if not os.path.isfile(path):
         raise ConfigError(f"config file not found: {path} (check the path; presets live in configs/)")
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             raw = yaml.safe_load(f) or {}
+    except UnicodeDecodeError:
+        raise ConfigError(f"config {path} is not a UTF-8 text file; pass a YAML config") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"config {path} is not valid YAML: {str(e).splitlines()[0]}") from None
     if not isinstance(raw, dict):
@@ -149,6 +154,8 @@ def read_yaml_chain(path: str, _seen: tuple[str, ...] = ()) -> dict:
     parent = raw.pop("extends", None)
     if parent is None:
         return raw
+    if not isinstance(parent, str):
+        raise ConfigError(f"config {path}: `extends` must be a file name relative to it, got {parent!r}")
     base = read_yaml_chain(os.path.join(os.path.dirname(path), parent), _seen + (path,))
     return deep_merge(base, raw)
 
@@ -157,6 +164,9 @@ def deep_merge(base: dict, over: dict) -> dict:
     """Return base updated recursively by over (nested dicts merge, everything else replaces)."""
     out = dict(base)
     for k, v in over.items():
+        if isinstance(v, dict) and out.get(k) is not None and not isinstance(out[k], dict):
+            raise ConfigError(f"`{k}` is set to {out[k]!r}, not a section of keys, so {k}.* cannot be set on it; "
+                              f"write {k}: as a mapping")
         out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
@@ -211,13 +221,21 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     elif tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads `1e-3` (no dot) as a string
+            number = float(value)
+        elif isinstance(value, str):  # YAML 1.1 reads `1e-3` (no dot) as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
+        if number is not None:
+            if not math.isfinite(number):
+                raise ConfigError(f"{key}: must be a finite number, got {value!r}")
+            return number
+    elif tp is dict:
+        if isinstance(value, dict):
+            return value
     elif tp is str:
         if isinstance(value, str):
             return value
@@ -287,7 +305,8 @@ def validate(cfg: Config) -> Config:
     layers = [f"conv{i + 1}" for i in range(n)] + [f"fc{i + 6}" for i in range(len(m.fc_widths))] + ["features"]
     for name in m.freeze:
         _check(name in layers, "model.freeze", f"unknown layer `{name}`{_closest(name, layers)}")
-    _check(d.image_size >= 0, "data.image_size", "must be >= 0 (0 = native size)")
+    _check(0 <= d.image_size <= 1024, "data.image_size", "must be in [0, 1024] (0 = native size)")
+    _check(d.resize <= 1024, "data.resize", "must be <= 1024")
     _check(d.batch_size >= 1 and d.eval_batch_size >= 1, "data.batch_size", "must be >= 1")
     _check(d.loader != "stream" or d.name == "folder", "data.loader", "stream reads image folders; use data.name=folder")
     _check(d.resize >= 0 and d.num_workers >= 0 and d.memory_gb > 0, "data.resize", "resize, num_workers >= 0, memory_gb > 0")

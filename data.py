@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from runtime import DataError, atomic_write, mix_seed
+from runtime import DataError, atomic_write, make_dir, mix_seed, remove_stale_temps
 
 if TYPE_CHECKING:  # annotations only: config.py imports the choice lists below
     from config import DataConfig
@@ -129,7 +129,7 @@ def _decode(path: str, size: int, crop: int = 0, offset: tuple[float, float] | N
             if im.size != (crop, crop):
                 im = im.crop((left, top, left + crop, top + crop))
             return torch.from_numpy(np.asarray(im).copy())
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
         raise DataError(f"cannot decode image {path}: {e}; remove or replace the file") from None
 
 
@@ -164,7 +164,7 @@ def _cached(cfg: DataConfig, tag: str, files: list[tuple[str, int]], classes: li
             pass
     images = _decode_all([p for p, _ in files], size)
     labels = torch.tensor([lab for _, lab in files], dtype=torch.long)
-    os.makedirs(cfg.cache_dir, exist_ok=True)
+    remove_stale_temps(make_dir(cfg.cache_dir))
     blob = {"signature": signature, "images": images, "labels": labels, "classes": classes}
     atomic_write(cache, lambda tmp: torch.save(blob, tmp))
     return ImageSet(images, labels, classes)
@@ -337,6 +337,12 @@ class DataBundle:
 
 def carve(full: ImageSet, cfg: DataConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """(train_idx, val_idx) of the training split: the one carving training and evaluate.py share."""
+    if len(full.classes) < 2:
+        raise DataError(f"the training data has {len(full.classes)} class ({', '.join(full.classes) or 'none'}); "
+                        "a classifier needs at least 2 class folders under data.root/train/")
+    if cfg.subset > len(full.labels):
+        raise DataError(f"data.subset={cfg.subset} but the training split has only {len(full.labels)} images; "
+                        "lower data.subset (0 = all)")
     return split_indices(full.labels, cfg.val_fraction, cfg.subset, cfg.split_seed)
 
 

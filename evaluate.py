@@ -21,8 +21,8 @@ from torch import nn
 from config import DataConfig, load_config
 from data import ImageSet, Stats, carve, centre_crop, image_size, iterate, load_split, prepare
 from models import build_model
-from runtime import (CKPT_FORMAT, CheckpointError, DataError, autocast, cli, load_checkpoint, resolve_amp,
-                     resolve_device, save_checkpoint)
+from runtime import (CKPT_FORMAT, CheckpointError, DataError, atomic_write, autocast, cli, load_checkpoint,
+                     resolve_amp, resolve_device, save_checkpoint, write_text)
 
 
 @torch.no_grad()
@@ -161,8 +161,10 @@ def plot_confusion(result: dict, path: str, title: str = "") -> None:
     ax.set_ylabel("true")
     ax.set_title(f"{title}{result['split']} top-1 {result['top1']:.4f} (n={result['n']})", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    finally:
+        plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -192,13 +194,12 @@ def evaluate_main(args) -> int:
     width = max(len(c) for c in r["classes"])
     for c, acc in r["per_class"].items():
         print(f"  {c:<{width}}  {acc:.4f}")
+    if args.json:  # written before the PNG: the scores are the result, the picture is a by-product
+        keys = ("top1", "top5", "loss", "n", "split", "tta", "per_class", "confusion")
+        write_text(args.json, json.dumps({k: r[k] for k in keys}, indent=1))
     png = os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), f"confusion_{r['split']}.png")
     plot_confusion(r, png)
     print(f"confusion matrix: {png}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({k: r[k] for k in ("top1", "top5", "loss", "n", "split", "tta", "per_class", "confusion")}, f,
-                      indent=1)
     return 0
 
 

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from runtime import ConfigError
+
 if TYPE_CHECKING:  # annotations only: config.py imports the choice lists below
     from config import ModelConfig
 
@@ -139,7 +141,7 @@ class AlexNet(nn.Module):
                 layers.append((f"pool{i}", POOLS[cfg.pool](cfg.pool_kernel, cfg.pool_stride)))
                 side = conv_out(side, cfg.pool_kernel, cfg.pool_stride, 0)
             if side < 1:
-                raise ValueError(f"image_size={image_size} is too small for this net: the feature map vanishes "
+                raise ConfigError(f"data.image_size={image_size} is too small for this net: the feature map vanishes "
                                  f"after conv{i}; use larger images or smaller strides/fewer pools")
             cin = cout
         self.features = nn.Sequential(OrderedDict(layers))

@@ -36,6 +36,10 @@ class CheckpointError(UserError, RuntimeError):
     """A checkpoint that is missing, truncated, foreign or incompatible."""
 
 
+class OutputError(UserError, OSError):
+    """An output (run folder, checkpoint, cache, report) that cannot be written: the path and why."""
+
+
 class TrainingDiverged(UserError, RuntimeError):
     """The loss became NaN or infinite, or the network collapsed; checkpoints written before it are intact."""
     exit_status = 3
@@ -171,17 +175,69 @@ def process_uptime() -> float | None:
 # ---------------------------------------------------------------------------------------------
 # Files: atomic writes and checkpoints (plain dicts, loadable with weights_only=True)
 
+def _why(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    text = str(e).strip().splitlines()
+    return "no space left on device" if "write failed" in str(e) or "No space" in str(e) else (
+        text[-1][:120] if text else type(e).__name__)
+
+
+def make_dir(path: str) -> str:
+    """os.makedirs(path, exist_ok=True), as an OutputError naming the path when it cannot be made."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        what = "is a file" if os.path.isfile(path) else _why(e)
+        raise OutputError(f"cannot create folder {path}: {what}; point the option that names it "
+                          "(out_dir, run_dir, data.cache_dir, ...) at a writable folder") from None
+    if not os.access(path, os.W_OK):
+        raise OutputError(f"folder {path} is not writable; point the option that names it at a writable folder")
+    return path
+
+
 def atomic_write(path: str, write: Callable[[str], None]) -> None:
-    """`write(tmp)` then fsync and rename onto `path`: a crash leaves the old file or the new one, never half."""
+    """`write(tmp)` then fsync and rename onto `path`: a crash leaves the old file or the new one, never half.
+    A failed write (disk full, permissions) removes its temp file and leaves the old file as it was."""
     tmp = f"{path}.tmp{os.getpid()}"
     try:
         write(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:
+        raise OutputError(f"cannot write {path}: {_why(e)}; free some space or choose a writable location "
+                          "(files written earlier are intact)") from None
     finally:
-        if os.path.exists(tmp):
+        try:
             os.remove(tmp)
+        except OSError:
+            pass
+
+
+def remove_stale_temps(folder: str) -> list[str]:
+    """Delete `*.tmpPID` files in `folder` left by atomic_write in processes that are gone (kill -9, a crash)."""
+    removed = []
+    for name in os.listdir(folder) if os.path.isdir(folder) else []:
+        head, sep, pid = name.rpartition(".tmp")
+        if not (sep and head and pid.isdigit()) or _alive(int(pid)):
+            continue
+        try:
+            os.remove(os.path.join(folder, name))
+            removed.append(name)
+        except OSError:
+            pass
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def write_text(path: str, text: str) -> None:
@@ -198,11 +254,16 @@ def save_checkpoint(state: dict, path: str) -> None:
 
 def load_checkpoint(path: str) -> dict:
     """Load and sanity-check a checkpoint; every failure is a CheckpointError with a one-line reason."""
+    if os.path.isdir(path):
+        raise CheckpointError(f"checkpoint {path} is a directory; pass RUN_DIR/last.pt or RUN_DIR/best.pt")
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint {path} not found; pass RUN_DIR/last.pt or RUN_DIR/best.pt")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
+        if "Weights only load failed" in str(e):  # a pickle of Python objects: refused, nothing was executed
+            raise CheckpointError(f"{path} holds pickled Python objects, not plain tensors, and was not loaded "
+                                  "(nothing in it ran); use a checkpoint that train.py wrote") from None
         reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{path} is truncated or not a PyTorch checkpoint ({reason}); "
                               "use another checkpoint, e.g. the run's best.pt or last.pt") from None

@@ -22,9 +22,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from config import _closest, deep_merge, load_config, nest, parse_overrides, read_yaml_chain, save_config
+from config import _closest, build, deep_merge, load_config, nest, parse_overrides, read_yaml_chain, save_config
 from data import load_split
-from runtime import ConfigError, cli
+from runtime import ConfigError, UserError, cli, make_dir
 
 SAMPLERS = ("tpe", "random", "grid")
 PRUNERS = ("median", "hyperband", "none")
@@ -54,7 +54,10 @@ def load_sweep(path: str) -> tuple[SweepConfig, str]:
     for key in raw:
         if key not in names:
             raise ConfigError(f"{path}: unknown sweep key `{key}`{_closest(key, names)}")
-    sw = SweepConfig(**raw)
+    try:
+        sw = build(SweepConfig, raw)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
     base = os.path.join(os.path.dirname(os.path.abspath(path)), sw.base)
     if not sw.study:
         sw.study = os.path.splitext(os.path.basename(path))[0]
@@ -84,8 +87,13 @@ def check_distribution(path: str, key: str, spec: Any) -> None:
         if not spec.get("choices"):
             raise ConfigError(f"{path}: space `{key}` (choice) needs a non-empty `choices` list")
     elif kind in ("float", "int"):
-        if "low" not in spec or "high" not in spec or not float(spec["low"]) < float(spec["high"]):
-            raise ConfigError(f"{path}: space `{key}` ({kind}) needs low < high")
+        ends = [spec.get(end) for end in ("low", "high")]
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in ends) or not ends[0] < ends[1]:
+            raise ConfigError(f"{path}: space `{key}` ({kind}) needs numbers low < high, got low={ends[0]!r}, "
+                              f"high={ends[1]!r}")
+        step = spec.get("step")
+        if step is not None and not (isinstance(step, (int, float)) and step > 0):
+            raise ConfigError(f"{path}: space `{key}`: step must be a number > 0, got {step!r}")
         if spec.get("log") and float(spec["low"]) <= 0:
             raise ConfigError(f"{path}: space `{key}` is log-scaled, so low must be > 0")
     else:
@@ -139,10 +147,10 @@ def make_storage(url: str):
         from optuna.storages.journal import JournalFileBackend
 
         path = url[len("journal:"):]
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        make_dir(os.path.dirname(os.path.abspath(path)))
         return optuna.storages.JournalStorage(JournalFileBackend(path))
     if url.startswith("sqlite:///"):
-        os.makedirs(os.path.dirname(os.path.abspath(url[len("sqlite:///"):])) or ".", exist_ok=True)
+        make_dir(os.path.dirname(os.path.abspath(url[len("sqlite:///"):])) or ".")
     return url
 
 
@@ -158,8 +166,15 @@ def make_study(sw: SweepConfig, storage_url: str, seed: int):
     pruner = {"median": lambda: optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1),
               "hyperband": lambda: optuna.pruners.HyperbandPruner(),
               "none": lambda: optuna.pruners.NopPruner()}[sw.pruner]()
-    return optuna.create_study(study_name=sw.study, storage=make_storage(storage_url), sampler=sampler,
-                               pruner=pruner, direction="maximize", load_if_exists=True)
+    try:
+        return optuna.create_study(study_name=sw.study, storage=make_storage(storage_url), sampler=sampler,
+                                   pruner=pruner, direction="maximize", load_if_exists=True)
+    except UserError:
+        raise
+    except Exception as e:  # SQLAlchemy / driver errors: a malformed, unknown or unreachable URL
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise ConfigError(f"storage {storage_url} cannot be opened ({reason}); use sqlite:///PATH, journal:PATH "
+                          "or a reachable database URL") from None
 
 
 def suggest(trial, sw: SweepConfig) -> dict:
@@ -332,6 +347,11 @@ def trials_to_run(study, sw: SweepConfig, requested: int | None) -> int:
 def run_sweep(args) -> int:
     import optuna
 
+    for flag, value, ok in (("--trials", args.trials, args.trials is None or args.trials >= 0),
+                            ("--timeout", args.timeout, args.timeout is None or args.timeout >= 0),
+                            ("--workers", args.workers, args.workers >= 1)):
+        if not ok:
+            raise ConfigError(f"{flag} {value}: must be {'>= 1' if flag == '--workers' else '>= 0'}")
     sw, base = load_sweep(args.config)
     if args.study:
         sw.study = args.study

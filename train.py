@@ -25,9 +25,10 @@ from data import DataBundle, batches_per_epoch, iterate, load_data, prepare, tra
 from evaluate import predict, score
 from models import AlexNet, build_model, count_params
 from optim import LENGTH_DEPENDENT, Schedule, build_optimizer, build_schedule, continue_schedule, current_lr
-from runtime import (CKPT_FORMAT, CheckpointError, TrainingDiverged, autocast, cli, hardware, init_distributed,
-                     load_checkpoint, mix_seed, precision_name, process_uptime, resolve_amp, resolve_device,
-                     save_checkpoint, sync, tune_cpu_allocator)
+from runtime import (CKPT_FORMAT, CheckpointError, OutputError, TrainingDiverged, autocast, cli, hardware,
+                     init_distributed, load_checkpoint, make_dir, mix_seed, precision_name, process_uptime,
+                     remove_stale_temps, resolve_amp, resolve_device, save_checkpoint, sync, tune_cpu_allocator,
+                     write_text)
 
 DIVERGE_FIX = "lower optim.lr or add sched.warmup_epochs"  # the advice every divergence message gives
 
@@ -221,14 +222,12 @@ class RunLog:
 
 def make_run_dir(cfg: Config) -> str:
     if cfg.run_dir:
-        os.makedirs(cfg.run_dir, exist_ok=True)
-        return cfg.run_dir
-    base = os.path.join(cfg.out_dir, f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+        return make_dir(cfg.run_dir)
+    base = os.path.join(make_dir(cfg.out_dir), f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     path, i = base, 1
     while os.path.exists(path):
         path, i = f"{base}-{i}", i + 1
-    os.makedirs(path)
-    return path
+    return make_dir(path)
 
 
 def flat_hparams(d: dict) -> dict:
@@ -249,13 +248,20 @@ def open_tensorboard(run_dir: str, cfg: Config, purge_step: int | None):
 
 
 def trim_metrics(path: str, epoch: int) -> None:
-    """Drop metrics lines past `epoch` (written before a crash that the resumed run repeats)."""
+    """Keep the metrics lines of epochs up to `epoch`: later ones (written before a crash, which the resumed
+    run repeats) and a line torn by the crash go."""
     if not os.path.isfile(path):
         return
+
+    def kept(line: str) -> bool:
+        try:
+            return json.loads(line)["epoch"] <= epoch
+        except (ValueError, KeyError, TypeError):
+            return False
+
     with open(path) as f:
-        lines = [ln for ln in f if ln.strip() and json.loads(ln)["epoch"] <= epoch]
-    with open(path, "w") as f:
-        f.writelines(lines)
+        lines = [ln if ln.endswith("\n") else ln + "\n" for ln in f if kept(ln)]
+    write_text(path, "".join(lines))
 
 
 def open_run(cfg: Config, rt: Runtime, resumed_epoch: int | None) -> RunLog:
@@ -263,6 +269,7 @@ def open_run(cfg: Config, rt: Runtime, resumed_epoch: int | None) -> RunLog:
     if not rt.is_main:
         return RunLog("", None)
     run_dir = make_run_dir(cfg)
+    remove_stale_temps(run_dir)
     save_config(cfg, os.path.join(run_dir, "config.yaml"))
     if resumed_epoch is not None:
         trim_metrics(os.path.join(run_dir, "metrics.jsonl"), resumed_epoch)
@@ -281,8 +288,12 @@ def log_epoch(log: RunLog, row: dict, epochs: int) -> None:
         if f"val_{k}" in row:
             writer.add_scalar(f"val/{k}", row[f"val_{k}"], e)
     writer.flush()
-    with open(log.path("metrics.jsonl"), "a") as f:
-        f.write(json.dumps(row) + "\n")
+    try:
+        with open(log.path("metrics.jsonl"), "a") as f:
+            f.write(json.dumps(row) + "\n")
+    except OSError as e:
+        raise OutputError(f"cannot append to {log.path('metrics.jsonl')}: {e.strerror}; free some space and resume "
+                          "with train.py --resume RUN_DIR/last.pt (earlier checkpoints are intact)") from None
     val = (f"val loss {row['val_loss']:.3f} top1 {row['val_top1']:.4f} top5 {row['val_top5']:.4f}"
            if "val_top1" in row else "no validation split")
     print(f"epoch {e}/{epochs}  train loss {row['train_loss']:.3f} top1 {row['train_top1']:.4f} | {val} | "
