@@ -256,7 +256,8 @@ def build(cls: type, raw: dict, prefix: str = "") -> Any:
     kwargs = {}
     for key, value in raw.items():
         if key not in fields:
-            raise ConfigError(f"unknown config key `{prefix}{key}`{_closest(str(key), list(fields), prefix)}")
+            shown = f"{prefix}{key}" if str(key).isprintable() else repr(f"{prefix}{key}")
+            raise ConfigError(f"unknown config key `{shown}`{_closest(str(key), list(fields), prefix)}")
         tp = hints[key]
         if dataclasses.is_dataclass(tp):
             kwargs[key] = build(tp, value, f"{prefix}{key}.")
