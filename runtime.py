@@ -220,7 +220,7 @@ def remove_stale_temps(folder: str) -> list[str]:
     removed = []
     for name in os.listdir(folder) if os.path.isdir(folder) else []:
         head, sep, pid = name.rpartition(".tmp")
-        if not (sep and head and pid.isdigit()) or _alive(int(pid)):
+        if not (sep and head and pid.isdigit()) or process_alive(int(pid)):
             continue
         try:
             os.remove(os.path.join(folder, name))
@@ -230,7 +230,8 @@ def remove_stale_temps(folder: str) -> list[str]:
     return removed
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process with this pid exists on this machine."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -16,6 +16,8 @@ import json
 import math
 import multiprocessing
 import os
+import signal
+import socket
 import statistics
 import sys
 import time
@@ -24,7 +26,7 @@ from typing import Any
 
 from config import _closest, build, deep_merge, load_config, nest, parse_overrides, read_yaml_chain, save_config
 from data import load_split
-from runtime import ConfigError, UserError, cli, make_dir
+from runtime import ConfigError, UserError, cli, make_dir, mix_seed, process_alive, write_text
 
 SAMPLERS = ("tpe", "random", "grid")
 PRUNERS = ("median", "hyperband", "none")
@@ -202,6 +204,7 @@ def objective_for(base: str, sw: SweepConfig, cli: list[str], sweep_dir: str):
         run_dir = os.path.join(sweep_dir, f"trial-{trial.number:04d}")
         t0 = time.time()
         trial.set_user_attr("run_dir", run_dir)
+        trial.set_user_attr("owner", f"{socket.gethostname()}:{os.getpid()}")  # heal_stale_trials reads it
         try:
             cfg = trial_config(base, sw, cli, values, run_dir)
             result = train(cfg, trial=trial)
@@ -223,6 +226,20 @@ def objective_for(base: str, sw: SweepConfig, cli: list[str], sweep_dir: str):
     return objective
 
 
+def heal_stale_trials(study) -> list[int]:
+    """Mark FAIL the trials left RUNNING by a process of this host that is gone (kill -9, a crash, a power
+    cut), so the study does not wait on them forever and a grid runs those points again."""
+    from optuna.trial import TrialState
+
+    healed = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        host, _, pid = str(t.user_attrs.get("owner", "")).rpartition(":")
+        if host == socket.gethostname() and pid.isdigit() and not process_alive(int(pid)):
+            study.tell(t.number, state=TrialState.FAIL)
+            healed.append(t.number)
+    return healed
+
+
 def run_worker(config_path: str, cli: list[str], storage_url: str, study: str, trials: int, target: int,
                timeout: float, threads: int, seed: int) -> None:
     """One optimisation process (the parent itself, or a spawned worker); stops at `target` trials in the study."""
@@ -238,10 +255,16 @@ def run_worker(config_path: str, cli: list[str], storage_url: str, study: str, t
     callbacks = [optuna.study.MaxTrialsCallback(target, states=None)]
     st.optimize(objective_for(base, sw, cli, sweep_dir), n_trials=trials, timeout=timeout or None,
                 catch=(Exception,), callbacks=callbacks, gc_after_trial=True)
+    write_outputs(st, sw, base, cli, sweep_dir)  # whoever finishes last leaves the complete table
 
 
 def _worker_entry(args: tuple) -> None:
     import optuna
+
+    if sys.platform.startswith("linux"):  # die with the parent, even on kill -9 (its trial is healed later)
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     run_worker(*args)
@@ -262,6 +285,8 @@ def results_table(study, sw: SweepConfig) -> str:
     for t in study.trials:
         val = f"{t.value:.4f}" if t.value is not None else "-"
         note = t.user_attrs.get("fail_reason", "")
+        if t.state == optuna.trial.TrialState.FAIL and not note:
+            note = "its process died (healed on the next start)"
         if t.state == optuna.trial.TrialState.PRUNED and t.intermediate_values:
             last = max(t.intermediate_values)
             val = f"({t.intermediate_values[last]:.4f})"
@@ -303,10 +328,9 @@ def results_table(study, sw: SweepConfig) -> str:
 def write_outputs(study, sw: SweepConfig, base: str, cli: list[str], sweep_dir: str) -> str:
     import optuna
 
-    os.makedirs(sweep_dir, exist_ok=True)
+    make_dir(sweep_dir)
     table = results_table(study, sw)
-    with open(os.path.join(sweep_dir, "results.md"), "w") as f:
-        f.write(table)
+    write_text(os.path.join(sweep_dir, "results.md"), table)
     if any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials):
         best = study.best_trial
         values = {k: decode(v) for k, v in best.params.items()}
@@ -361,30 +385,49 @@ def run_sweep(args) -> int:
     sweep_dir = os.path.join(cfg0.out_dir, "sweeps", sw.study)
     load_split(cfg0.data, "train")  # fail fast (and fill the folder cache once) before any trial
     study = make_study(sw, storage, args.seed)
+    healed = heal_stale_trials(study)
+    if healed:
+        print(f"trials {healed} were left RUNNING by a process that is gone; marked FAIL", file=sys.stderr)
     trials = trials_to_run(study, sw, args.trials)
     timeout = args.timeout if args.timeout is not None else sw.timeout
     print(f"study `{sw.study}` in {storage}: {len(study.trials)} trials so far, running up to {trials} more "
           f"with {args.workers} worker(s); runs under {sweep_dir}", file=sys.stderr)
     target = len(study.trials) + trials
+    # A resumed study must not replay the first invocation's proposals: the sampler seed moves with it.
+    seed = mix_seed(args.seed, len(study.trials)) % 2**31
+    procs = []
     try:
         if trials and args.workers > 1:
             threads = max(1, (os.cpu_count() or 1) // args.workers)
             per = math.ceil(trials / args.workers)
             ctx = multiprocessing.get_context("spawn")
             procs = [ctx.Process(target=_worker_entry, args=((args.config, args.overrides, storage, sw.study, per,
-                                                              target, timeout, threads, args.seed + i),))
+                                                              target, timeout, threads, seed + i),))
                      for i in range(args.workers)]
             for p in procs:
                 p.start()
             for p in procs:
                 p.join()
         elif trials:
-            run_worker(args.config, args.overrides, storage, sw.study, trials, target, timeout, 0, args.seed)
+            run_worker(args.config, args.overrides, storage, sw.study, trials, target, timeout, 0, seed)
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume the study", file=sys.stderr)
+    finally:
+        for p in procs:  # an interrupted parent stops its workers
+            if p.is_alive():
+                p.terminate()
+                p.join()
     study = optuna.load_study(study_name=sw.study, storage=make_storage(storage))
+    lost = heal_stale_trials(study)
     print(write_outputs(study, sw, base, args.overrides, sweep_dir))
     print(f"results: {os.path.join(sweep_dir, 'results.md')}", file=sys.stderr)
+    dead = [i for i, p in enumerate(procs) if p.exitcode not in (0, None)]
+    if dead:
+        missing = max(0, target - len(study.trials))
+        print(f"error: worker(s) {dead} died (exit codes {[procs[i].exitcode for i in dead]}); trials {lost} "
+              f"failed with them and {missing} planned trial(s) did not run; rerun the same command to run them",
+              file=sys.stderr)
+        return 1
     return 0
 
 

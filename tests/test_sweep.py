@@ -137,3 +137,39 @@ def test_importances_only_when_the_estimator_can_tell_parameters_apart():
     assert "need at least 20 finished trials, have 19" in few and "## Parameter importances" not in few
     imp = dict(line[3:].split("`: ") for line in many.splitlines() if line.startswith("- `"))
     assert float(imp["lr"]) > float(imp["wd"])
+
+
+def test_sweep_killed_mid_trial_heals_and_never_repeats_a_point(make_sweep):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from optuna.trial import TrialState
+
+    path, storage = make_sweep({"space": {"optim.lr": {"type": "float", "low": 0.01, "high": 0.1, "log": True}},
+                                "sampler": "random", "pruner": "none", "overrides": {"train.epochs": 3}}, "k")
+    proc = subprocess.Popen([sys.executable, "sweep.py", "--config", path, "--storage", storage, "--trials", "6"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline, states = time.time() + 240, []
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            states = [t.state for t in trials(storage, "k")]
+        except Exception:  # the study is not created yet
+            states = []
+        if TrialState.COMPLETE in states and states[-1] == TrialState.RUNNING:
+            break
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the sweep finished before it could be killed"
+    before = trials(storage, "k")
+    done = {t.number: t.params for t in before if t.state == TrialState.COMPLETE}
+    assert done and before[-1].state == TrialState.RUNNING
+    assert sweep.main(["--config", path, "--storage", storage, "--trials", "2"]) == 0
+    after = trials(storage, "k")
+    assert not [t for t in after if t.state == TrialState.RUNNING]
+    assert after[before[-1].number].state == TrialState.FAIL  # the killed trial, healed
+    assert {t.number: t.params for t in after if t.state == TrialState.COMPLETE if t.number in done} == done
+    lrs = [t.params["optim.lr"] for t in after if "optim.lr" in t.params]
+    assert len(lrs) == len(set(lrs)) and len(after) == len(before) + 2  # no point proposed twice
