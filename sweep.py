@@ -226,9 +226,11 @@ def objective_for(base: str, sw: SweepConfig, cli: list[str], sweep_dir: str):
     return objective
 
 
-def heal_stale_trials(study) -> list[int]:
+def heal_stale_trials(study, grid: bool) -> list[int]:
     """Mark FAIL the trials left RUNNING by a process of this host that is gone (kill -9, a crash, a power
-    cut), so the study does not wait on them forever and a grid runs those points again."""
+    cut), so the study does not wait on them forever. A grid queues each such point again (Optuna's
+    RetryFailedTrialCallback keeps its grid id); a search does not, so it never proposes a point twice."""
+    import optuna
     from optuna.trial import TrialState
 
     healed = []
@@ -236,6 +238,8 @@ def heal_stale_trials(study) -> list[int]:
         host, _, pid = str(t.user_attrs.get("owner", "")).rpartition(":")
         if host == socket.gethostname() and pid.isdigit() and not process_alive(int(pid)):
             study.tell(t.number, state=TrialState.FAIL)
+            if grid:
+                optuna.storages.RetryFailedTrialCallback()(study, study.trials[t.number])
             healed.append(t.number)
     return healed
 
@@ -286,7 +290,7 @@ def results_table(study, sw: SweepConfig) -> str:
         val = f"{t.value:.4f}" if t.value is not None else "-"
         note = t.user_attrs.get("fail_reason", "")
         if t.state == optuna.trial.TrialState.FAIL and not note:
-            note = "its process died (healed on the next start)"
+            note = "its process died (marked failed on the next start; a grid runs the point again)"
         if t.state == optuna.trial.TrialState.PRUNED and t.intermediate_values:
             last = max(t.intermediate_values)
             val = f"({t.intermediate_values[last]:.4f})"
@@ -359,12 +363,16 @@ def main(argv: list[str] | None = None) -> int:
 
 def trials_to_run(study, sw: SweepConfig, requested: int | None) -> int:
     """A search runs `requested` (or the file's `trials`) more; a grid runs only its missing points."""
+    from optuna.trial import TrialState
+
     if sw.sampler != "grid":
         return requested if requested is not None else sw.trials
-    if study.sampler.is_exhausted(study):
+    waiting = sum(1 for t in study.trials if t.state == TrialState.WAITING)  # killed points queued again
+    if not waiting and study.sampler.is_exhausted(study):
         print(f"grid `{sw.study}` is complete; nothing to run", file=sys.stderr)
         return 0
     remaining = math.prod(len(v) for v in sw.grid.values()) - sum(1 for t in study.trials if t.state.is_finished())
+    remaining += waiting
     return max(0, remaining if requested is None else min(remaining, requested))
 
 
@@ -385,7 +393,7 @@ def run_sweep(args) -> int:
     sweep_dir = os.path.join(cfg0.out_dir, "sweeps", sw.study)
     load_split(cfg0.data, "train")  # fail fast (and fill the folder cache once) before any trial
     study = make_study(sw, storage, args.seed)
-    healed = heal_stale_trials(study)
+    healed = heal_stale_trials(study, sw.sampler == "grid")
     if healed:
         print(f"trials {healed} were left RUNNING by a process that is gone; marked FAIL", file=sys.stderr)
     trials = trials_to_run(study, sw, args.trials)
@@ -418,7 +426,7 @@ def run_sweep(args) -> int:
                 p.terminate()
                 p.join()
     study = optuna.load_study(study_name=sw.study, storage=make_storage(storage))
-    lost = heal_stale_trials(study)
+    lost = heal_stale_trials(study, sw.sampler == "grid")
     print(write_outputs(study, sw, base, args.overrides, sweep_dir))
     print(f"results: {os.path.join(sweep_dir, 'results.md')}", file=sys.stderr)
     dead = [i for i, p in enumerate(procs) if p.exitcode not in (0, None)]

@@ -173,3 +173,19 @@ def test_sweep_killed_mid_trial_heals_and_never_repeats_a_point(make_sweep):
     assert {t.number: t.params for t in after if t.state == TrialState.COMPLETE if t.number in done} == done
     lrs = [t.params["optim.lr"] for t in after if "optim.lr" in t.params]
     assert len(lrs) == len(set(lrs)) and len(after) == len(before) + 2  # no point proposed twice
+
+
+def test_a_grid_point_whose_process_died_is_run_again(make_sweep):
+    import socket
+
+    from optuna.trial import TrialState
+
+    path, storage = make_sweep({"grid": {"model.dropout": [0.0, 0.5]}}, "g")
+    assert sweep.main(["--config", path, "--storage", storage, "--trials", "1"]) == 0
+    study = optuna.load_study(study_name="g", storage=sweep.make_storage(storage))
+    orphan = study.ask()  # takes the grid's other point, as a process that then died would have
+    orphan.set_user_attr("owner", f"{socket.gethostname()}:999999999")
+    assert sweep.main(["--config", path, "--storage", storage]) == 0
+    ts = trials(storage, "g")
+    assert [t.state for t in ts].count(TrialState.FAIL) == 1 and not [t for t in ts if t.state == TrialState.RUNNING]
+    assert sorted(t.params["model.dropout"] for t in ts if t.state == TrialState.COMPLETE) == [0.0, 0.5]
