@@ -9,6 +9,7 @@ import contextlib
 import os
 import platform
 import sys
+import warnings
 from typing import Callable
 
 import torch
@@ -260,7 +261,9 @@ def load_checkpoint(path: str) -> dict:
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint {path} not found; pass RUN_DIR/last.pt or RUN_DIR/best.pt")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns before it refuses a pickle; the error below says it all
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         if "Weights only load failed" in str(e):  # a pickle of Python objects: refused, nothing was executed
             raise CheckpointError(f"{path} holds pickled Python objects, not plain tensors, and was not loaded "
