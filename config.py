@@ -368,16 +368,17 @@ def flatten(d: dict, prefix: str = "") -> dict:
 
 # What a resume may change: where and how the same run goes on, never what it computes. train.epochs
 # extends (or shortens) the run; a schedule planned for the old length is re-planned (optim.py).
-RESUME_KEYS = ("train.epochs", "device", "data.root", "data.cache_dir", "data.num_workers", "data.eval_batch_size",
-               "train.progress", "train.log_every", "train.save_best", "train.stop_on_collapse", "name", "out_dir",
-               "run_dir")
+RESUME_KEYS = ("train.epochs", "device", "data.root", "data.cache_dir", "data.loader", "data.memory_gb",
+               "data.num_workers", "data.eval_batch_size", "train.progress", "train.log_every", "train.save_best",
+               "train.stop_on_collapse", "train.compile", "train.malloc_tune", "train.channels_last", "name",
+               "out_dir", "run_dir")
 
 
-def resume_changes(saved: dict, cfg: Config) -> dict[str, tuple[Any, Any]]:
-    """{dotted key: (run's value, new value)} for every key `cfg` changes in a run's saved config
-    (fields added to Config since the run was saved count at their defaults, i.e. unchanged)."""
+def recipe_changes(saved: dict, cfg: Config) -> dict[str, tuple[Any, Any]]:
+    """{dotted key: (run's value, new value)} for each key outside RESUME_KEYS that `cfg` changes in a run's
+    saved config (fields added to Config since the run was saved count at their defaults, i.e. unchanged)."""
     before, after = flatten(to_dict(load_config(base=saved))), flatten(to_dict(cfg))
-    return {k: (before.get(k), v) for k, v in after.items() if before.get(k) != v}
+    return {k: (before.get(k), v) for k, v in after.items() if k not in RESUME_KEYS and before.get(k) != v}
 
 
 def save_config(cfg: Config, path: str) -> None:

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 
 import yaml
 
-from config import load_config, to_dict
+from config import load_config, recipe_changes
 from runtime import ConfigError, TrainingDiverged, cli, load_checkpoint, write_text
-from train import flat_hparams, train
+from train import train
 
 
 @dataclass(frozen=True)
@@ -44,21 +44,11 @@ ROWS = [
 ]
 # The shared JPEG training images (data/train/<class>/*.jpg), 45,000 train / 5,000 validation.
 DATA = ["data.name=folder", "data.val_fraction=0.1"]
-# Keys that say where or how fast a run happens, not what it learns: they may differ on resume.
-NOT_RECIPE = {"run_dir", "out_dir", "device", "data.root", "data.cache_dir", "data.loader", "data.memory_gb",
-              "data.num_workers", "data.eval_batch_size", "train.progress", "train.log_every", "train.compile",
-              "train.malloc_tune", "train.channels_last", "train.stop_on_collapse"}
 BEGIN, END = "<!-- report.py table: begin -->", "<!-- report.py table: end -->"
 
 
 def run_dir(runs: str, row: Row, seed: int) -> str:
     return os.path.join(runs, f"{row.config}-s{seed}")
-
-
-def recipe_changes(old: dict, new: dict) -> list[str]:
-    a, b = flat_hparams(old), flat_hparams(new)
-    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(a.keys() | b.keys())
-            if k not in NOT_RECIPE and a.get(k) != b.get(k)]
 
 
 def train_row(row: Row, seed: int, runs: str, overrides: list[str]) -> str:
@@ -74,8 +64,8 @@ def train_row(row: Row, seed: int, runs: str, overrides: list[str]) -> str:
         train(cfg)
         return "trained"
     ckpt = load_checkpoint(last)
-    changed = recipe_changes(ckpt["config"], to_dict(cfg))
-    if changed:
+    changed = [f"{k}: {old!r} -> {new!r}" for k, (old, new) in recipe_changes(ckpt["config"], cfg).items()]
+    if changed:  # train() would refuse the resume too; this says what to do in report.py's terms
         raise ConfigError(f"{path} was trained with a different recipe ({'; '.join(changed[:3])}); "
                           f"move that folder away to retrain it, or pass the same overrides")
     if ckpt["epoch"] >= cfg.train.epochs:

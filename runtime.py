@@ -177,11 +177,14 @@ def process_uptime() -> float | None:
 # Files: atomic writes and checkpoints (plain dicts, loadable with weights_only=True)
 
 def _why(e: BaseException) -> str:
+    """A short reason for a failed write. torch.save reports a full disk as a RuntimeError
+    ("[enforce fail at inline_container.cc] ... file write failed"), not as an OSError."""
     if isinstance(e, OSError) and e.strerror:
         return e.strerror
+    if "write failed" in str(e) or "No space" in str(e):
+        return "no space left on device"
     text = str(e).strip().splitlines()
-    return "no space left on device" if "write failed" in str(e) or "No space" in str(e) else (
-        text[-1][:120] if text else type(e).__name__)
+    return text[-1][:120] if text else type(e).__name__
 
 
 def make_dir(path: str) -> str:

@@ -11,7 +11,6 @@ Rerunning the same command resumes the study; a finished grid runs nothing again
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import multiprocessing
@@ -24,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from config import _closest, build, deep_merge, load_config, nest, parse_overrides, read_yaml_chain, save_config
+from config import build, deep_merge, load_config, nest, parse_overrides, read_yaml_chain, save_config
 from data import load_split
 from runtime import ConfigError, UserError, cli, make_dir, mix_seed, process_alive, write_text
 
@@ -52,10 +51,6 @@ class SweepConfig:
 def load_sweep(path: str) -> tuple[SweepConfig, str]:
     """Parse and validate a sweep file; returns it and the base config's absolute path."""
     raw = read_yaml_chain(path)
-    names = [f.name for f in dataclasses.fields(SweepConfig)]
-    for key in raw:
-        if key not in names:
-            raise ConfigError(f"{path}: unknown sweep key `{key}`{_closest(key, names)}")
     try:
         sw = build(SweepConfig, raw)
     except ConfigError as e:

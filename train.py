@@ -20,7 +20,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from config import RESUME_KEYS, Config, ConfigError, flatten, load_config, resume_changes, save_config, to_dict
+from config import Config, ConfigError, flatten, load_config, recipe_changes, save_config, to_dict
 from data import DataBundle, batches_per_epoch, iterate, load_data, prepare, train_augment, train_batches
 from evaluate import predict, score
 from models import AlexNet, build_model, count_params
@@ -195,15 +195,14 @@ def restore_state(tr: Trainer, ckpt: dict, path: str, cfg: Config, device: torch
 
 def check_resume(ckpt: dict, cfg: Config, path: str) -> None:
     """A resume continues the same run: refuse (before anything is written) a change to what it computes."""
-    changes = resume_changes(ckpt["config"], cfg)
-    refused = {k: v for k, v in changes.items() if k not in RESUME_KEYS}
+    refused = recipe_changes(ckpt["config"], cfg)
     if refused:
         said = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in refused.items())
         raise ConfigError(f"--resume continues the same run and would change what it computes ({said}); "
                           f"start a new run instead, e.g. python train.py --config {os.path.dirname(path)}/config.yaml "
                           f"{' '.join(f'{k}={new}' for k, (_, new) in refused.items())} run_dir=NEW_DIR "
                           f"(add model.init_from={path} to start from its weights)")
-    if "train.epochs" in changes and cfg.train.epochs <= ckpt["epoch"]:
+    if cfg.train.epochs != ckpt["config"]["train"]["epochs"] and cfg.train.epochs <= ckpt["epoch"]:
         raise ConfigError(f"train.epochs={cfg.train.epochs} but the run has already trained {ckpt['epoch']} epochs; "
                           "pass a larger train.epochs to extend it")
 

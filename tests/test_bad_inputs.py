@@ -82,9 +82,15 @@ case("folder-one-class", "train", "class")(
     lambda tmp, ckpt: tiny(tmp, "data.name=folder", f"data.root={folder(tmp, ['cat'])}", "data.val_fraction=0.3"))
 case("subset-too-large", "train", "data.subset")(
     lambda tmp, ckpt: tiny(tmp, "data.name=folder", f"data.root={folder(tmp, ['a', 'b'])}", "data.subset=1000"))
-case("broken-image", "train", "bad.png")(
-    lambda tmp, ckpt: tiny(tmp, "data.name=folder", f"data.root={folder(tmp, ['a', 'b'])}",
-                           "data.val_fraction=0.3") if write(tmp / "imgs/train/a/bad.png", b"not a png") else None)
+
+
+@case("broken-image", "train", "bad.png")
+def broken_image(tmp, ckpt):
+    root = folder(tmp, ["a", "b"])
+    write(tmp / "imgs/train/a/bad.png", b"not a png")
+    return tiny(tmp, "data.name=folder", f"data.root={root}", "data.val_fraction=0.3")
+
+
 case("cache-dir-is-a-file", "train", "cachefile")(
     lambda tmp, ckpt: tiny(tmp, "data.name=folder", f"data.root={folder(tmp, ['a', 'b'])}", "data.val_fraction=0.3")
     + [f"data.cache_dir={write(tmp / 'cachefile', 'x')}"])

@@ -117,3 +117,13 @@ def test_readme_config_reference_lists_every_key_with_its_default():
     section = readme.split("| key | type | default | meaning |\n|---|---|---|---|\n", 1)[1]
     rows = section.split("\n\n", 1)[0].splitlines()
     assert rows == markdown_reference().splitlines()[2:], "README's config reference is stale; run python config.py"
+
+
+def test_readme_names_every_key_a_resume_may_change():
+    from config import RESUME_KEYS
+
+    readme = open("README.md").read()
+    para = readme[readme.index("A resume continues *the same* run."):]
+    para = para[:para.index("\n\n")]
+    named = {k for k in RESUME_KEYS if k not in ("name", "out_dir", "run_dir")}  # paths/labels, not options
+    assert {k for k in named if f"`{k}`" in para} == named
