@@ -141,11 +141,14 @@ def make_storage(url: str):
     import optuna
 
     if url.startswith("journal:"):
-        from optuna.storages.journal import JournalFileBackend
+        from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 
         path = url[len("journal:"):]
         make_dir(os.path.dirname(os.path.abspath(path)))
-        return optuna.storages.JournalStorage(JournalFileBackend(path))
+        # A process killed while appending leaves the lock behind; Optuna breaks it after the grace period.
+        # Appends take milliseconds, so 5 s (not the default 30) is still far longer than a real hold.
+        lock = JournalFileSymlinkLock(path, grace_period=5)
+        return optuna.storages.JournalStorage(JournalFileBackend(path, lock_obj=lock))
     if url.startswith("sqlite:///"):
         make_dir(os.path.dirname(os.path.abspath(url[len("sqlite:///"):])) or ".")
     return url
@@ -195,11 +198,12 @@ def objective_for(base: str, sw: SweepConfig, cli: list[str], sweep_dir: str):
     from train import train
 
     def objective(trial) -> float:
+        # First, so a kill at any later point leaves a trial heal_stale_trials can tell is orphaned.
+        trial.set_user_attr("owner", f"{socket.gethostname()}:{os.getpid()}")
         values = suggest(trial, sw)
         run_dir = os.path.join(sweep_dir, f"trial-{trial.number:04d}")
         t0 = time.time()
         trial.set_user_attr("run_dir", run_dir)
-        trial.set_user_attr("owner", f"{socket.gethostname()}:{os.getpid()}")  # heal_stale_trials reads it
         try:
             cfg = trial_config(base, sw, cli, values, run_dir)
             result = train(cfg, trial=trial)
@@ -223,8 +227,8 @@ def objective_for(base: str, sw: SweepConfig, cli: list[str], sweep_dir: str):
 
 def heal_stale_trials(study, grid: bool) -> list[int]:
     """Mark FAIL the trials left RUNNING by a process of this host that is gone (kill -9, a crash, a power
-    cut), so the study does not wait on them forever. A grid queues each such point again (Optuna's
-    RetryFailedTrialCallback keeps its grid id); a search does not, so it never proposes a point twice."""
+    cut), so the study does not wait on them forever. A grid queues each such point again (with its grid
+    id); a search does not, so it never proposes a point twice."""
     import optuna
     from optuna.trial import TrialState
 
@@ -233,8 +237,10 @@ def heal_stale_trials(study, grid: bool) -> list[int]:
         host, _, pid = str(t.user_attrs.get("owner", "")).rpartition(":")
         if host == socket.gethostname() and pid.isdigit() and not process_alive(int(pid)):
             study.tell(t.number, state=TrialState.FAIL)
-            if grid:
-                optuna.storages.RetryFailedTrialCallback()(study, study.trials[t.number])
+            if grid:  # queue the point again; its system attrs carry the grid id GridSampler reads
+                study.add_trial(optuna.create_trial(
+                    state=TrialState.WAITING, params=t.params, distributions=t.distributions,
+                    system_attrs=t.system_attrs, user_attrs={"retry_of": t.number}))
             healed.append(t.number)
     return healed
 

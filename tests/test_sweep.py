@@ -151,15 +151,17 @@ def test_sweep_killed_mid_trial_heals_and_never_repeats_a_point(make_sweep):
                                 "sampler": "random", "pruner": "none", "overrides": {"train.epochs": 3}}, "k")
     proc = subprocess.Popen([sys.executable, "sweep.py", "--config", path, "--storage", storage, "--trials", "6"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline, states = time.time() + 240, []
+    deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
         try:
-            states = [t.state for t in trials(storage, "k")]
+            seen = trials(storage, "k")
         except Exception:  # the study is not created yet
-            states = []
-        if TrialState.COMPLETE in states and states[-1] == TrialState.RUNNING:
+            seen = []
+        # Killed once a trial is under way: its owner is the first thing the objective writes.
+        if any(t.state == TrialState.COMPLETE for t in seen) and seen[-1].state == TrialState.RUNNING \
+                and "owner" in seen[-1].user_attrs:
             break
-        time.sleep(0.1)
+        time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the sweep finished before it could be killed"
