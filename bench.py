@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
                          "which is emulated and ~20x slower on CPUs without AVX512-BF16)")
     ap.add_argument("--no-reference", action="store_true", help="measure our pipeline only")
     ap.add_argument("--json", metavar="FILE")
-    ap.add_argument("overrides", nargs="*", metavar="key=value")
+    ap.add_argument("overrides", nargs="*", default=[], metavar="key=value")
     args = ap.parse_args(argv)
     return cli(lambda: bench_main(args))
 

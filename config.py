@@ -374,6 +374,25 @@ RESUME_KEYS = ("train.epochs", "device", "data.root", "data.cache_dir", "data.lo
                "out_dir", "run_dir")
 
 
+# What TensorBoard's HParams table shows for a run: the keys that define what was trained (the seed's
+# comparison axes and the recipe around them), never paths, logging or speed switches. Kept short enough
+# to read; a sweep adds the keys it varies. train.py adds the precision the run resolved to.
+EXPERIMENT_KEYS = ("name", "seed", "data.name", "data.subset", "data.batch_size", "data.crop_padding", "data.flip",
+                   "data.pca_lighting", "data.color_jitter", "data.cutout", "model.conv_channels", "model.fc_widths",
+                   "model.width_mult", "model.activation", "model.pool", "model.norm", "model.dropout", "model.head",
+                   "model.init", "optim.name", "optim.lr", "optim.momentum", "optim.weight_decay",
+                   "sched.name", "sched.milestones", "sched.warmup_epochs", "train.epochs", "train.label_smoothing")
+
+
+def experiment_hparams(cfg: Config, extra: tuple[str, ...] = ()) -> dict[str, Any]:
+    """{dotted key: value} of `extra` (a sweep's varied keys, first) then EXPERIMENT_KEYS; lists as strings."""
+    flat = flatten(to_dict(cfg))
+    # A grid over a whole section (`optim:` with mappings as values) varies every key under it.
+    swept = [k for e in extra for k in flat if k == e or k.startswith(e + ".")]
+    keys = list(dict.fromkeys([*swept, *EXPERIMENT_KEYS]))
+    return {k: flat[k] if isinstance(flat[k], (int, float, str, bool)) else str(flat[k]) for k in keys}
+
+
 def recipe_changes(saved: dict, cfg: Config) -> dict[str, tuple[Any, Any]]:
     """{dotted key: (run's value, new value)} for each key outside RESUME_KEYS that `cfg` changes in a run's
     saved config (fields added to Config since the run was saved count at their defaults, i.e. unchanged)."""

@@ -267,7 +267,9 @@ def load_cifar(cfg: DataConfig, split: str) -> ImageSet:
         folder = "cifar-10-batches-py" if cfg.name == "cifar10" else "cifar-100-python"
         raise DataError(f"{cfg.name} is not under data.root={cfg.root} and downloading it failed "
                         f"({type(e).__name__}); set data.root to a folder containing {folder}/, or use "
-                        "data.name=folder for an image-folder copy, or data.name=synthetic offline") from None
+                        "data.name=folder for an image-folder copy; offline, try "
+                        "python train.py --config configs/quickstart.yaml (or sweep.py --config "
+                        "configs/sweep_quickstart.yaml)") from None
     images = torch.from_numpy(ds.data)  # (N, 32, 32, 3) uint8
     size = image_size(cfg)
     if size != images.shape[1]:

@@ -1,10 +1,12 @@
-"""Score a checkpoint: `python evaluate.py CKPT [--split val|train|test] [--tta none|flip|ten_crop] [--json FILE]`.
+"""Score a checkpoint: `python evaluate.py CKPT|RUN_DIR [--split val|train|test] [--tta none|flip|ten_crop] [--json FILE]`
+(a run folder scores its best.pt).
 
 `python evaluate.py CKPT --release OUT.pt` writes the half-precision release of a checkpoint instead:
 the weights in fp16 plus what scoring needs (config, classes, normalisation stats), no optimiser state.
 
 Model and data are rebuilt from the checkpoint alone (dotted overrides such as data.root=... allowed).
-Prints top-1, top-5, loss and a per-class table, and writes a confusion-matrix PNG beside the checkpoint.
+Prints top-1, top-5, loss and a per-class table, and writes a confusion-matrix PNG beside the checkpoint,
+named by split and TTA (confusion_val.png, confusion_val_flip.png).
 """
 from __future__ import annotations
 
@@ -159,7 +161,8 @@ def plot_confusion(result: dict, path: str, title: str = "") -> None:
                         color="white" if cm[i, j] > 0.5 else "black")
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(f"{title}{result['split']} top-1 {result['top1']:.4f} (n={result['n']})", fontsize=10)
+    tta = "" if result.get("tta", "none") == "none" else f", TTA {result['tta']}"
+    ax.set_title(f"{title}{result['split']}{tta} top-1 {result['top1']:.4f} (n={result['n']})", fontsize=10)
     fig.tight_layout()
     try:
         atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
@@ -167,27 +170,40 @@ def plot_confusion(result: dict, path: str, title: str = "") -> None:
         plt.close(fig)
 
 
+def checkpoint_path(path: str) -> str:
+    """A checkpoint file as given, or a run folder's best.pt (the epoch a run selects on validation)."""
+    if not os.path.isdir(path):
+        return path
+    best = os.path.join(path, "best.pt")
+    if not os.path.isfile(best):
+        raise CheckpointError(f"{path} is a folder without best.pt (a run without validation saves only last.pt); "
+                              f"pass the checkpoint file, e.g. {os.path.join(path, 'last.pt')}")
+    return best
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Evaluate an alexnet-lab checkpoint.")
-    ap.add_argument("checkpoint")
+    ap.add_argument("checkpoint", help="a checkpoint file, or a run folder (scores its best.pt)")
     ap.add_argument("--split", choices=["val", "train", "test"], default="val",
                     help="val: the run's held-out split (default); train: the images it trained on, "
                          "un-augmented; test: the dataset's test split")
     ap.add_argument("--tta", choices=["none", "flip", "ten_crop"], default="none")
     ap.add_argument("--json", metavar="FILE", help="write the metrics as JSON here")
     ap.add_argument("--release", metavar="OUT", help="write an fp16 copy for release (no optimiser state) and exit")
-    ap.add_argument("overrides", nargs="*", metavar="key=value")
+    ap.add_argument("overrides", nargs="*", default=[], metavar="key=value")
     args = ap.parse_args(argv)
     return cli(lambda: release_main(args) if args.release else evaluate_main(args))
 
 
 def release_main(args) -> int:
+    args.checkpoint = checkpoint_path(args.checkpoint)
     release(args.checkpoint, args.release)
     print(f"{args.release}: fp16 release of {args.checkpoint} ({os.path.getsize(args.release) / 2**20:.1f} MB)")
     return 0
 
 
 def evaluate_main(args) -> int:
+    args.checkpoint = checkpoint_path(args.checkpoint)
     r = evaluate(args.checkpoint, args.split, args.tta, args.overrides)
     print(f"{args.checkpoint} on {r['split']} (n={r['n']}, tta={r['tta']}): "
           f"top-1 {r['top1']:.4f}  top-5 {r['top5']:.4f}  loss {r['loss']:.4f}")
@@ -197,8 +213,10 @@ def evaluate_main(args) -> int:
     if args.json:  # written before the PNG: the scores are the result, the picture is a by-product
         keys = ("top1", "top5", "loss", "n", "split", "tta", "per_class", "confusion")
         write_text(args.json, json.dumps({k: r[k] for k in keys}, indent=1))
-    png = os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), f"confusion_{r['split']}.png")
-    plot_confusion(r, png)
+    # One file per split and TTA, so `--tta flip` never overwrites the plain view's picture.
+    name = f"confusion_{r['split']}" + ("" if r["tta"] == "none" else f"_{r['tta']}")
+    png = os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), f"{name}.png")
+    plot_confusion(r, png, f"{os.path.basename(args.checkpoint)}: ")
     print(f"confusion matrix: {png}")
     return 0
 

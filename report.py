@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="where each run's record (per-epoch metrics, committed) is kept")
     ap.add_argument("--report", default="REPORT.md")
     ap.add_argument("--docs", default="docs", help="where the figures go")
-    ap.add_argument("overrides", nargs="*", metavar="key=value")
+    ap.add_argument("overrides", nargs="*", default=[], metavar="key=value")
     args = ap.parse_args(argv)
     return cli(lambda: run_report(args))
 

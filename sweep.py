@@ -39,6 +39,10 @@ class SweepConfig:
     grid: dict = field(default_factory=dict)  # dotted key (or section) -> list of values; `seed` gives repeats
     sampler: str = "tpe"  # tpe | random | grid (grid is implied by `grid:`)
     pruner: str = "median"  # median | hyperband | none
+    # Pruner warm-up: epoch 1 of a short run is mostly noise, so no trial is pruned before it has validated
+    # `prune_from_epoch` epochs, and (median) none before `prune_after_trials` trials have finished.
+    prune_from_epoch: int = 2
+    prune_after_trials: int = 3
     trials: int = 20  # trials per invocation for searches (a grid runs its missing points)
     timeout: float = 0.0  # seconds per invocation; 0 = no limit
     storage: str = ""  # Optuna storage URL; "" = sqlite:///{out_dir}/optuna.db; journal:PATH for a journal file
@@ -66,6 +70,9 @@ def load_sweep(path: str) -> tuple[SweepConfig, str]:
         raise ConfigError(f"{path}: sampler `{sw.sampler}` is not one of {', '.join(SAMPLERS)}")
     if sw.pruner not in PRUNERS:
         raise ConfigError(f"{path}: pruner `{sw.pruner}` is not one of {', '.join(PRUNERS)}")
+    if sw.prune_from_epoch < 1 or sw.prune_after_trials < 0:
+        raise ConfigError(f"{path}: prune_from_epoch must be >= 1 and prune_after_trials >= 0 "
+                          f"(got {sw.prune_from_epoch} and {sw.prune_after_trials})")
     if sw.sampler == "grid" and not sw.grid:
         raise ConfigError(f"{path}: sampler grid needs a `grid:` mapping of keys to value lists")
     if sw.sampler != "grid" and not sw.space:
@@ -163,9 +170,13 @@ def make_study(sw: SweepConfig, storage_url: str, seed: int):
         sampler = optuna.samplers.RandomSampler(seed=seed)
     else:
         sampler = optuna.samplers.TPESampler(seed=seed)
-    pruner = {"median": lambda: optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1),
-              "hyperband": lambda: optuna.pruners.HyperbandPruner(),
+    # Optuna's epoch steps are train.py's 1-based epochs: `step < n_warmup_steps` is never pruned.
+    pruner = {"median": lambda: optuna.pruners.MedianPruner(n_startup_trials=sw.prune_after_trials,
+                                                            n_warmup_steps=sw.prune_from_epoch),
+              "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=sw.prune_from_epoch),
               "none": lambda: optuna.pruners.NopPruner()}[sw.pruner]()
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # main() says what it opened, in one line
     try:
         return optuna.create_study(study_name=sw.study, storage=make_storage(storage_url), sampler=sampler,
                                    pruner=pruner, direction="maximize", load_if_exists=True)
@@ -175,6 +186,8 @@ def make_study(sw: SweepConfig, storage_url: str, seed: int):
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
         raise ConfigError(f"storage {storage_url} cannot be opened ({reason}); use sqlite:///PATH, journal:PATH "
                           "or a reachable database URL") from None
+    finally:
+        optuna.logging.set_verbosity(verbosity)
 
 
 def suggest(trial, sw: SweepConfig) -> dict:
@@ -357,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--study", help="study name (default: the file's `study` or its name)")
     ap.add_argument("--workers", type=int, default=1, help="worker processes on this machine (cores are split)")
     ap.add_argument("--seed", type=int, default=0, help="sampler seed")
-    ap.add_argument("overrides", nargs="*", metavar="key=value", help="applied to every trial's base config")
+    ap.add_argument("overrides", nargs="*", default=[], metavar="key=value", help="applied to every trial's base config")
     args = ap.parse_args(argv)
     return cli(lambda: run_sweep(args))
 
@@ -399,7 +412,8 @@ def run_sweep(args) -> int:
         print(f"trials {healed} were left RUNNING by a process that is gone; marked FAIL", file=sys.stderr)
     trials = trials_to_run(study, sw, args.trials)
     timeout = args.timeout if args.timeout is not None else sw.timeout
-    print(f"study `{sw.study}` in {storage}: {len(study.trials)} trials so far, running up to {trials} more "
+    so_far = f"{len(study.trials)} trials so far" if study.trials else "new study"
+    print(f"study `{sw.study}` in {storage}: {so_far}, running up to {trials} more "
           f"with {args.workers} worker(s); runs under {sweep_dir}", file=sys.stderr)
     target = len(study.trials) + trials
     # A resumed study must not replay the first invocation's proposals: the sampler seed moves with it.

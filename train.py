@@ -20,7 +20,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from config import Config, ConfigError, flatten, load_config, recipe_changes, save_config, to_dict
+from config import Config, ConfigError, experiment_hparams, load_config, recipe_changes, save_config, to_dict
 from data import DataBundle, batches_per_epoch, iterate, load_data, prepare, train_augment, train_batches
 from evaluate import predict, score
 from models import AlexNet, build_model, count_params
@@ -229,21 +229,52 @@ def make_run_dir(cfg: Config) -> str:
     return make_dir(path)
 
 
-def flat_hparams(d: dict) -> dict:
-    return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in flatten(d).items()}
+# The Custom Scalars tab opens on what a comparison needs: validation curves, and train vs validation top-1
+# (the generalisation gap) on one chart per run.
+SCALARS_LAYOUT = {
+    "validation": {"top-1": ["Multiline", ["val/top1"]], "top-5": ["Multiline", ["val/top5"]],
+                   "loss": ["Multiline", ["val/loss"]]},
+    "generalisation gap": {"train vs validation top-1": ["Multiline", ["train/top1", "val/top1"]],
+                           "train vs validation loss": ["Multiline", ["train/loss", "val/loss"]]},
+}
 
 
-def open_tensorboard(run_dir: str, cfg: Config, purge_step: int | None):
-    """SummaryWriter with one hparams record in the run folder itself (so `--logdir runs` compares runs)."""
+def open_tensorboard(run_dir: str, cfg: Config, rt: Runtime, trial, purge_step: int | None):
+    """SummaryWriter in the run folder itself (so `--logdir runs` compares runs). A new run records its
+    hparams (the experiment's axes) as an HParams session; no experiment summary is written, so TensorBoard
+    builds one over all runs and lists first the keys whose values differ between them."""
     from torch.utils.tensorboard import SummaryWriter
     from torch.utils.tensorboard.summary import hparams
 
     writer = SummaryWriter(run_dir, purge_step=purge_step)
     if purge_step is None:
-        exp, ssi, sei = hparams(flat_hparams(to_dict(cfg)), {"val/top1": 0.0, "val/loss": 0.0, "train/loss": 0.0})
-        for summary in (exp, ssi, sei):
-            writer.file_writer.add_summary(summary)
+        values = experiment_hparams(cfg, tuple(trial.params) if trial is not None else ())
+        values["precision"] = rt.describe()["precision"]
+        _, session_start, _ = hparams(values, {})
+        writer.file_writer.add_summary(session_start)
+        writer.add_custom_scalars(SCALARS_LAYOUT)
     return writer
+
+
+def log_result(log: RunLog, p: Progress) -> None:
+    """A finished run's HParams metrics and session end. A pruned, failed or interrupted run has neither, so
+    the table shows its result columns blank instead of a partial value that looks like a result."""
+    from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
+    from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
+
+    final, e = p.history[-1], p.history[-1]["epoch"]
+    if "val_top1" in final:
+        for tag, value in (("best_val_top1", p.best), ("final_val_top1", final["val_top1"]),
+                           ("final_val_top5", final["val_top5"]), ("final_val_loss", final["val_loss"]),
+                           ("best_epoch", p.best_epoch)):
+            log.writer.add_scalar(f"result/{tag}", value, e)
+    end = plugin_data_pb2.HParamsPluginData(session_end_info=plugin_data_pb2.SessionEndInfo(
+        status=api_pb2.STATUS_SUCCESS, end_time_secs=time.time()), version=metadata.PLUGIN_DATA_VERSION)
+    meta = SummaryMetadata(plugin_data=SummaryMetadata.PluginData(plugin_name=metadata.PLUGIN_NAME,
+                                                                   content=end.SerializeToString()))
+    log.writer.file_writer.add_summary(Summary(value=[Summary.Value(tag=metadata.SESSION_END_INFO_TAG,
+                                                                    metadata=meta)]), e)
+    log.writer.flush()
 
 
 def trim_metrics(path: str, epoch: int) -> None:
@@ -263,7 +294,7 @@ def trim_metrics(path: str, epoch: int) -> None:
     write_text(path, "".join(lines))
 
 
-def open_run(cfg: Config, rt: Runtime, resumed_epoch: int | None) -> RunLog:
+def open_run(cfg: Config, rt: Runtime, trial, resumed_epoch: int | None) -> RunLog:
     """Rank 0: the run folder with its config.yaml, metrics.jsonl cut back to a resumed epoch, TensorBoard."""
     if not rt.is_main:
         return RunLog("", None)
@@ -273,7 +304,7 @@ def open_run(cfg: Config, rt: Runtime, resumed_epoch: int | None) -> RunLog:
     if resumed_epoch is not None:
         trim_metrics(os.path.join(run_dir, "metrics.jsonl"), resumed_epoch)
     purge = resumed_epoch + 1 if resumed_epoch is not None else None
-    return RunLog(run_dir, open_tensorboard(run_dir, cfg, purge_step=purge))
+    return RunLog(run_dir, open_tensorboard(run_dir, cfg, rt, trial, purge_step=purge))
 
 
 def log_epoch(log: RunLog, row: dict, epochs: int) -> None:
@@ -490,7 +521,7 @@ def train(cfg: Config, trial=None, resume: str | None = None) -> dict:
     tr = build_trainer(cfg, len(classes), data.image_size, len(data.train.labels), rt, transfer=ckpt is None)
     p = restore_state(tr, ckpt, resume, cfg, rt.device) if ckpt is not None else Progress()
     parallelise(tr, cfg, rt, p.epoch)
-    log = open_run(cfg, rt, p.epoch if ckpt is not None else None)
+    log = open_run(cfg, rt, trial, p.epoch if ckpt is not None else None)
     if rt.is_main:
         m = rt.describe()
         print(f"run {log.run_dir}: {cfg.data.name} {len(data.train.labels)} train / {len(data.val.labels)} val "
@@ -504,6 +535,10 @@ def train(cfg: Config, trial=None, resume: str | None = None) -> dict:
             row.update(validate(cfg, tr, data, rt, epoch))
             row["epoch_s"] = row["train_s"] + time.perf_counter() - t_val
             end_epoch(cfg, tr, p, row, data, rt, log, trial)
+        if log.writer is not None and p.history:
+            log_result(log, p)
+    except KeyboardInterrupt:  # carries the checkpoint to continue from, for main()'s message
+        raise KeyboardInterrupt(log.path("last.pt")) from None
     finally:
         if log.writer is not None:
             log.writer.close()
@@ -517,12 +552,14 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Train an AlexNet-family model.")
     ap.add_argument("--config", help="YAML experiment config (see configs/)")
     ap.add_argument("--resume", metavar="CKPT", help="continue the run that wrote this last.pt")
-    ap.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. optim.lr=0.01")
+    ap.add_argument("overrides", nargs="*", default=[], metavar="key=value", help="dotted overrides, e.g. optim.lr=0.01")
     args = ap.parse_args(argv)
     try:
         return cli(lambda: run_cli(args))
-    except KeyboardInterrupt:
-        print("interrupted; continue with: python train.py --resume RUN_DIR/last.pt", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        last = e.args[0] if e.args else None
+        print(f"interrupted; continue with: python train.py --resume {last}" if last and os.path.isfile(last)
+              else "interrupted before the first epoch was saved; there is nothing to resume", file=sys.stderr)
         return 130
     finally:
         if dist.is_available() and dist.is_initialized():

@@ -112,7 +112,7 @@ case("resume-no-config", "train", "config")(
                                                             if k != "config"})])
 case("resume-truncated", "train", "truncated")(lambda tmp, ckpt: ["--resume", write(tmp / "t.pt", open(ckpt, "rb").read()[:999])])
 case("evaluate-missing", "evaluate", "not found")(lambda tmp, ckpt: [str(tmp / "none.pt")])
-case("evaluate-dir", "evaluate", "directory")(lambda tmp, ckpt: [str(tmp)])
+case("evaluate-dir-without-best", "evaluate", "best.pt", "last.pt")(lambda tmp, ckpt: [str(tmp)])
 case("evaluate-foreign", "evaluate", "not an alexnet-lab")(lambda tmp, ckpt: [save(tmp / "f.pt", {"state_dict": {}})])
 case("evaluate-pickle", "evaluate", "pickle")(lambda tmp, ckpt: [write(tmp / "evil.pt", pickle.dumps(os.getcwd))])
 case("evaluate-json-missing-dir", "evaluate", "nodir")(lambda tmp, ckpt: [ckpt, "--json", str(tmp / "nodir" / "e.json")])

@@ -127,3 +127,16 @@ def test_readme_names_every_key_a_resume_may_change():
     para = para[:para.index("\n\n")]
     named = {k for k in RESUME_KEYS if k not in ("name", "out_dir", "run_dir")}  # paths/labels, not options
     assert {k for k in named if f"`{k}`" in para} == named
+
+
+def test_experiment_hparams_are_the_axes_and_a_sweeps_keys_come_first():
+    from config import EXPERIMENT_KEYS, experiment_hparams
+
+    cfg = load_config("configs/cifar10_best.yaml")
+    plain = experiment_hparams(cfg)
+    assert list(plain) == list(EXPERIMENT_KEYS) and len(plain) <= 29
+    assert all(isinstance(v, (int, float, str, bool)) for v in plain.values())
+    assert plain["sched.milestones"] == "[20, 30]"
+    swept = experiment_hparams(cfg, ("data.resize", "optim", "model.dropout"))
+    assert list(swept)[:2] == ["data.resize", "optim.name"] and "optim.betas" in swept  # a section: all its keys
+    assert list(swept).count("model.dropout") == 1

@@ -68,8 +68,10 @@ def test_failing_trial_is_recorded_and_the_study_goes_on(make_sweep, tmp_path):
 
 
 def test_pruning_prunes_hopeless_trials(make_sweep):
-    path, storage = make_sweep({"grid": {"optim.lr": [0.003, 1.0e-9], "seed": [0, 1, 2, 3]}, "pruner": "median",
-                                "overrides": {"train.epochs": 2, "data.synthetic_size": 2400, "optim.name": "adam",
+    # No warm-up here, so a 2-epoch trial can be pruned after its first epoch.
+    path, storage = make_sweep({"grid": {"optim.lr": [0.003, 1.0e-9], "seed": [0, 1, 2]}, "pruner": "median",
+                                "prune_from_epoch": 1, "prune_after_trials": 2,
+                                "overrides": {"train.epochs": 2, "data.synthetic_size": 1200, "optim.name": "adam",
                                               "optim.weight_decay": 0.0, "model.dropout": 0.0,
                                               "model.norm": "batch"}}, "p")
     assert sweep.main(["--config", path, "--storage", storage]) == 0
@@ -79,6 +81,38 @@ def test_pruning_prunes_hopeless_trials(make_sweep):
     assert hopeless and all(max(t.intermediate_values) == 1 for t in hopeless)  # stopped after one of two epochs
     best = max(t.value for t in ts if t.state.name == "COMPLETE")
     assert all(t.intermediate_values[max(t.intermediate_values)] < best for t in pruned)
+
+
+def test_pruner_warm_up_spares_early_epochs_and_early_trials(make_sweep):
+    path, _ = make_sweep({"space": {"optim.lr": {"type": "float", "low": 0.01, "high": 0.1}}, "pruner": "median",
+                          "prune_from_epoch": 3, "prune_after_trials": 2}, "wu")
+    sw, _ = sweep.load_sweep(path)
+    study = sweep.make_study(sw, "sqlite:///:memory:", seed=0)
+
+    def hopeless_trial_pruned_at() -> int | None:
+        trial = study.ask()
+        for epoch in (1, 2, 3, 4):
+            trial.report(0.0, epoch)
+            if trial.should_prune():
+                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                return epoch
+        study.tell(trial, 0.0)
+        return None
+
+    def good_trial():
+        trial = study.ask()
+        for epoch in (1, 2, 3, 4):
+            trial.report(0.9, epoch)
+        study.tell(trial, 0.9)
+
+    good_trial()
+    assert hopeless_trial_pruned_at() is None  # one finished trial < prune_after_trials
+    good_trial()
+    assert hopeless_trial_pruned_at() == 3  # never on epochs 1-2, as soon as the warm-up is over
+    bad, _ = make_sweep({"space": {"optim.lr": {"type": "float", "low": 0.01, "high": 0.1}}, "prune_from_epoch": 0},
+                        "bad")
+    with pytest.raises(sweep.ConfigError, match="prune_from_epoch"):
+        sweep.load_sweep(bad)
 
 
 def test_two_workers_share_one_study(make_sweep, tmp_path):
@@ -157,9 +191,10 @@ def test_sweep_killed_mid_trial_heals_and_never_repeats_a_point(make_sweep):
             seen = trials(storage, "k")
         except Exception:  # the study is not created yet
             seen = []
-        # Killed once a trial is under way: its owner is the first thing the objective writes.
+        # Killed once a trial is training (its first epoch reported), not while it appends to the journal:
+        # a kill then leaves the journal's lock behind, which costs the restart a 5 s grace period.
         if any(t.state == TrialState.COMPLETE for t in seen) and seen[-1].state == TrialState.RUNNING \
-                and "owner" in seen[-1].user_attrs:
+                and seen[-1].intermediate_values:
             break
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
