@@ -267,7 +267,7 @@ def log_result(log: RunLog, p: Progress) -> None:
         for tag, value in (("best_val_top1", p.best), ("final_val_top1", final["val_top1"]),
                            ("final_val_top5", final["val_top5"]), ("final_val_loss", final["val_loss"]),
                            ("best_epoch", p.best_epoch)):
-            log.writer.add_scalar(f"result/{tag}", value, e)
+            log.writer.add_scalar(f"hparams/{tag}", value, e)
     end = plugin_data_pb2.HParamsPluginData(session_end_info=plugin_data_pb2.SessionEndInfo(
         status=api_pb2.STATUS_SUCCESS, end_time_secs=time.time()), version=metadata.PLUGIN_DATA_VERSION)
     meta = SummaryMetadata(plugin_data=SummaryMetadata.PluginData(plugin_name=metadata.PLUGIN_NAME,

@@ -81,10 +81,10 @@ def test_tensorboard_compares_runs_by_what_varied(tiny, tmp_path, monkeypatch):
     acc.Reload()
     tags = acc.Tags()["scalars"]
     for tag in ("train/loss", "train/top1", "val/top1", "val/top5", "val/loss", "lr", "perf/img_per_s",
-                "perf/epoch_s", "result/best_val_top1", "result/final_val_top1", "result/best_epoch"):
+                "perf/epoch_s", "hparams/best_val_top1", "hparams/final_val_top1", "hparams/best_epoch"):
         assert tag in tags
     assert len(acc.Scalars("val/top1")) == 2
-    assert acc.Scalars("result/best_val_top1")[-1].value == pytest.approx(result["best_val_top1"])
+    assert acc.Scalars("hparams/best_val_top1")[-1].value == pytest.approx(result["best_val_top1"])
     assert "custom_scalars__config__" in acc.summary_metadata  # the Custom Scalars layout
 
     hparams, metrics = tensorboard_experiment(logdir)
@@ -93,7 +93,8 @@ def test_tensorboard_compares_runs_by_what_varied(tiny, tmp_path, monkeypatch):
     assert sorted(n for n, differs in hparams if differs) == ["model.activation", "optim.lr"] == sorted(names[:2])
     assert not [n for n in names if n in ("out_dir", "run_dir", "data.root", "data.cache_dir", "train.progress",
                                           "train.log_every", "device", "model.init_from", "train.compile")]
-    assert "result/best_val_top1" in metrics and "result/final_val_top5" in metrics
+    assert "hparams/best_val_top1" in metrics and "hparams/final_val_top5" in metrics
+    assert all(m.startswith("hparams/") for m in metrics[:5])  # the results sort before the curves
 
     # A run that stops early (pruned, diverged, interrupted) has no result: its row shows blanks, not a result.
     real = T.train_one_epoch
@@ -103,7 +104,7 @@ def test_tensorboard_compares_runs_by_what_varied(tiny, tmp_path, monkeypatch):
         T.train(load_config(None, tiny(f"run_dir={logdir / 'c'}")))
     acc = EventAccumulator(str(logdir / "c"))
     acc.Reload()
-    assert "val/top1" in acc.Tags()["scalars"] and not [t for t in acc.Tags()["scalars"] if t.startswith("result/")]
+    assert "val/top1" in acc.Tags()["scalars"] and not [t for t in acc.Tags()["scalars"] if t.startswith("hparams/")]
     assert "_hparams_/session_end_info" not in acc.summary_metadata
 
 
