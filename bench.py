@@ -24,7 +24,11 @@ from data import load_data, prepare, train_augment, train_batches
 from evaluate import predict
 from models import LRN, build_model, reference_lrn
 from runtime import ConfigError, autocast, cli, cpu_has_native_bf16, hardware, process_uptime, sync
-from train import build_trainer, start_runtime, train_step
+from health import LayerHealth
+from train import build_trainer, probe_batch, start_runtime, train_step
+
+
+EPOCH_IMAGES = 45_000  # a CIFAR-10 training epoch here (50,000 minus the 10% validation split)
 
 
 def timed_steps(step, warmup: int, steps: int, device: torch.device) -> float:
@@ -157,6 +161,13 @@ def bench(cfg, steps: int, warmup: int, reference_amp: str, skip_reference: bool
                    cfg.optim.grad_clip)
 
     sec = timed_steps(ours, warmup, steps, device)
+    # Layer health (train.diagnostics): one measurement = weight snapshot + probe forward with hooks + norms.
+    # train.py takes one after every epoch's last step, and every diagnostics_every steps of epoch 1.
+    health = LayerHealth(model, probe_batch(cfg, data, rt))
+    health_s = timed_steps(lambda i: (health.snapshot(), health.measure(i)), 1, 3, device)
+    n_steps = EPOCH_IMAGES // bs
+    every = cfg.train.diagnostics_every
+    per_epoch1 = 1 + (n_steps // every if every else 0)
     eval_set = data.val if len(data.val.labels) else data.train.subset(torch.arange(2048))
     sync(device)
     t0 = time.perf_counter()
@@ -184,6 +195,10 @@ def bench(cfg, steps: int, warmup: int, reference_amp: str, skip_reference: bool
         "flops_per_img": fpi, "peak_flops": peak, "peak_flops_by_dtype": peaks,
         "peak_fraction": img_per_s * fpi / peak,
         "peak_rss_mb": peak_rss_mb, "startup_s": startup.get("s"),
+        "diag_s": health_s,
+        # Fractions of a CIFAR-10 epoch (45,000 images) at the measured step time.
+        "diag_overhead_epoch1": per_epoch1 * health_s / (n_steps * sec),
+        "diag_overhead": health_s / (n_steps * sec),
     }
     if device.type == "cuda":
         result["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated(device) / 2 ** 20

@@ -114,6 +114,8 @@ class TrainConfig:
     progress: bool = True  # show a tqdm progress bar on stderr
     save_best: bool = True  # keep best.pt at the best validation top-1
     stop_on_collapse: bool = False  # exit 3 when every validation image gets the same logits (else warn)
+    diagnostics: bool = True  # per-layer health (layers/* in TensorBoard) and the conv1 filter image
+    diagnostics_every: int = 50  # steps between health measurements in epoch 1 (every epoch ends with one); 0 = epoch ends only
 
 
 @dataclass
@@ -338,6 +340,7 @@ def validate(cfg: Config) -> Config:
     _check(t.epochs >= 1, "train.epochs", "must be >= 1")
     _check(0 <= t.label_smoothing < 1, "train.label_smoothing", "must be in [0, 1)")
     _check(t.log_every >= 1, "train.log_every", "must be >= 1")
+    _check(t.diagnostics_every >= 0, "train.diagnostics_every", "must be >= 0 (0 = at epoch ends only)")
     return cfg
 
 
@@ -370,8 +373,8 @@ def flatten(d: dict, prefix: str = "") -> dict:
 # extends (or shortens) the run; a schedule planned for the old length is re-planned (optim.py).
 RESUME_KEYS = ("train.epochs", "device", "data.root", "data.cache_dir", "data.loader", "data.memory_gb",
                "data.num_workers", "data.eval_batch_size", "train.progress", "train.log_every", "train.save_best",
-               "train.stop_on_collapse", "train.compile", "train.malloc_tune", "train.channels_last", "name",
-               "out_dir", "run_dir")
+               "train.stop_on_collapse", "train.diagnostics", "train.diagnostics_every", "train.compile",
+               "train.malloc_tune", "train.channels_last", "name", "out_dir", "run_dir")
 
 
 # What TensorBoard's HParams table shows for a run: the keys that define what was trained (the seed's

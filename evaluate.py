@@ -1,6 +1,7 @@
 """Score a checkpoint: `python evaluate.py CKPT|RUN_DIR [--split val|train|test] [--tta none|flip|ten_crop] [--json FILE]`
 (a run folder scores its best.pt).
 
+`python evaluate.py CKPT --filters` draws the learned conv1 filters (the paper's Figure 3) as conv1_filters.png.
 `python evaluate.py CKPT --release OUT.pt` writes the half-precision release of a checkpoint instead:
 the weights in fp16 plus what scoring needs (config, classes, normalisation stats), no optimiser state.
 
@@ -190,9 +191,28 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tta", choices=["none", "flip", "ten_crop"], default="none")
     ap.add_argument("--json", metavar="FILE", help="write the metrics as JSON here")
     ap.add_argument("--release", metavar="OUT", help="write an fp16 copy for release (no optimiser state) and exit")
+    ap.add_argument("--filters", action="store_true",
+                    help="write the conv1 filters (the paper's Figure 3) as conv1_filters.png beside the checkpoint "
+                         "and exit")
     ap.add_argument("overrides", nargs="*", default=[], metavar="key=value")
     args = ap.parse_args(argv)
-    return cli(lambda: release_main(args) if args.release else evaluate_main(args))
+    return cli(lambda: release_main(args) if args.release else filters_main(args) if args.filters
+               else evaluate_main(args))
+
+
+def filters_main(args) -> int:
+    from health import save_filter_png
+
+    args.checkpoint = checkpoint_path(args.checkpoint)
+    ckpt = load_checkpoint(args.checkpoint)
+    weight = ckpt["model"].get("features.conv1.weight")
+    if weight is None or weight.dim() != 4 or weight.shape[1] != 3:
+        raise CheckpointError(f"{args.checkpoint} has no RGB features.conv1 layer to draw")
+    png = os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "conv1_filters.png")
+    save_filter_png(weight, png, f"{os.path.basename(args.checkpoint)} (epoch {ckpt.get('epoch', '?')}): conv1, "
+                                 f"{weight.shape[0]} filters of {weight.shape[2]}x{weight.shape[3]}")
+    print(f"conv1 filters: {png}")
+    return 0
 
 
 def release_main(args) -> int:

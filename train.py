@@ -21,8 +21,10 @@ from torch import nn
 from tqdm import tqdm
 
 from config import Config, ConfigError, experiment_hparams, load_config, recipe_changes, save_config, to_dict
-from data import DataBundle, batches_per_epoch, iterate, load_data, prepare, train_augment, train_batches
+from data import (DataBundle, batches_per_epoch, centre_crop, iterate, load_data, prepare, train_augment,
+                  train_batches)
 from evaluate import predict, score
+from health import PROBE_IMAGES, LayerHealth, conv1_weight, filter_grid, tags
 from models import AlexNet, build_model, count_params
 from optim import LENGTH_DEPENDENT, Schedule, build_optimizer, build_schedule, continue_schedule, current_lr
 from runtime import (CKPT_FORMAT, CheckpointError, OutputError, TrainingDiverged, autocast, cli, hardware,
@@ -107,6 +109,7 @@ class Trainer:
     schedule: Schedule
     scaler: torch.amp.GradScaler
     criterion: nn.Module
+    health: LayerHealth | None = None  # per-layer diagnostics (rank 0, train.diagnostics)
 
 
 def build_trainer(cfg: Config, num_classes: int, image_size: int, n_train: int, rt: Runtime,
@@ -125,6 +128,14 @@ def build_trainer(cfg: Config, num_classes: int, image_size: int, n_train: int, 
     scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.amp == torch.float16)  # a no-op unless fp16
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
     return Trainer(model, model, frozen, opt, schedule, scaler, criterion)
+
+
+def probe_batch(cfg: Config, data: DataBundle, rt: Runtime) -> torch.Tensor:
+    """The fixed images layer health is measured on: the first validation (else training) images, un-augmented."""
+    ds = data.val if len(data.val.labels) else data.train
+    idx = torch.arange(min(PROBE_IMAGES, len(ds.labels)))
+    xb, _ = next(iter(iterate(ds, [idx], cfg.data, rt.device, False)))
+    return prepare(centre_crop(xb, data.image_size), data.stats, channels_last=cfg.train.channels_last)
 
 
 def parallelise(tr: Trainer, cfg: Config, rt: Runtime, start_epoch: int) -> None:
@@ -307,6 +318,22 @@ def open_run(cfg: Config, rt: Runtime, trial, resumed_epoch: int | None) -> RunL
     return RunLog(run_dir, open_tensorboard(run_dir, cfg, rt, trial, purge_step=purge))
 
 
+def log_health(log: RunLog, tr: Trainer, epoch: int) -> None:
+    """layers/* as measured after the epoch's last step (x = epoch, like every other curve) and the conv1
+    filters; for epoch 1 also every measurement against its step, in RUN/first_epoch/ (its own event file:
+    a resume's purge of the run's later epochs never reaches it, and no resume re-runs epoch 1)."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    for tag, v in tags(tr.health.history[-1][1]).items():
+        log.writer.add_scalar(tag, v, epoch)
+    log.writer.add_image("filters/conv1", filter_grid(conv1_weight(tr.model), scale=4), epoch)
+    if epoch == 1:
+        with SummaryWriter(log.path("first_epoch")) as w:
+            for step, layers in tr.health.history:
+                for tag, v in tags(layers).items():
+                    w.add_scalar(tag, v, step)
+
+
 def log_epoch(log: RunLog, row: dict, epochs: int) -> None:
     e, writer = row["epoch"], log.writer
     writer.add_scalar("train/loss", row["train_loss"], e)
@@ -371,6 +398,13 @@ def epoch_batches(cfg: Config, data: DataBundle, rt: Runtime, gen: torch.Generat
     return iterate(data.train, batches, cfg.data, rt.device, True, mix_seed(cfg.seed, epoch)), len(batches)
 
 
+def health_due(cfg: Config, epoch: int, i: int, n_batches: int) -> bool:
+    """Measure layer health after the last step of every epoch, and every train.diagnostics_every steps of
+    epoch 1, where AlexNet's collapses happen."""
+    every = cfg.train.diagnostics_every
+    return i + 1 == n_batches or (epoch == 1 and every > 0 and (i + 1) % every == 0)
+
+
 def train_one_epoch(cfg: Config, tr: Trainer, data: DataBundle, rt: Runtime, p: Progress, epoch: int) -> dict:
     """Train one epoch; returns its metrics row (training half). Syncs with the host every train.log_every steps."""
     tr.model.train()
@@ -392,10 +426,16 @@ def train_one_epoch(cfg: Config, tr: Trainer, data: DataBundle, rt: Runtime, p: 
         x = prepare(xb, data.stats, aug, gen, cfg.train.channels_last)
         if rt.world > 1 and not streamed:  # augmented as one global batch, so the random draws match
             x, y = x.tensor_split(rt.world)[rt.rank], y.tensor_split(rt.world)[rt.rank]
+        measured = tr.health is not None and health_due(cfg, epoch, i, n_batches)
+        if measured:
+            tr.health.snapshot()
+            grad_scale = tr.scaler.get_scale() if tr.scaler.is_enabled() and not cfg.optim.grad_clip else 1.0
         loss, logits = train_step(tr.step_model, x, y, tr.opt, tr.scaler, tr.criterion, rt.device, rt.amp,
                                   cfg.optim.grad_clip)
         tr.schedule.batch_done()
         p.step += 1
+        if measured:
+            tr.health.measure(p.step, grad_scale)
         bad_step = torch.where((bad_step < 0) & ~torch.isfinite(loss), p.step, bad_step)
         loss_sum += loss * len(y)
         correct += (logits.argmax(1) == y).sum()
@@ -431,6 +471,12 @@ def collapsed(logits: torch.Tensor) -> bool:
     return bool(spread <= 1e-3 * logits.abs().max())
 
 
+def collapse_cause(tr: Trainer, cfg: Config) -> str:
+    """'; first to break: conv3: 100% dead units since step 40 (lr 0.1, init kaiming)', or '' unmeasured."""
+    why = tr.health.first_broken() if tr.health is not None else None
+    return f"; first to break: {why} (lr {cfg.optim.lr:g}, init {cfg.model.init})" if why else ""
+
+
 def validate(cfg: Config, tr: Trainer, data: DataBundle, rt: Runtime, epoch: int) -> dict:
     """The validation half of the epoch's row (empty without a validation split)."""
     if not len(data.val.labels):
@@ -445,7 +491,8 @@ def validate(cfg: Config, tr: Trainer, data: DataBundle, rt: Runtime, epoch: int
         row["collapsed"] = True
         if rt.is_main and not cfg.train.stop_on_collapse:
             print(f"warning: epoch {epoch}: every validation image gets the same logits (val top-1 "
-                  f"{v['top1']:.4f}); if this persists, stop and {DIVERGE_FIX}", file=sys.stderr, flush=True)
+                  f"{v['top1']:.4f}){collapse_cause(tr, cfg)}; if this persists, stop and {DIVERGE_FIX}",
+                  file=sys.stderr, flush=True)
     return row
 
 
@@ -460,11 +507,13 @@ def end_epoch(cfg: Config, tr: Trainer, p: Progress, row: dict, data: DataBundle
     p.epoch = row["epoch"]
     p.history.append(row)
     if rt.is_main:  # a collapsed epoch is logged too: it is the run's result
+        if tr.health is not None:
+            log_health(log, tr, row["epoch"])
         log_epoch(log, row, cfg.train.epochs)
     if row.get("collapsed") and cfg.train.stop_on_collapse:  # before saving: last.pt keeps the epoch before
         raise TrainingDiverged(f"the network collapsed in epoch {p.epoch}: every validation image gets the "
-                               f"same logits (val top-1 {row['val_top1']:.4f}); {DIVERGE_FIX}; "
-                               "earlier checkpoints are intact")
+                               f"same logits (val top-1 {row['val_top1']:.4f}){collapse_cause(tr, cfg)}; "
+                               f"{DIVERGE_FIX}; earlier checkpoints are intact")
     if rt.is_main:
         state = checkpoint_state(cfg, tr, p, data, rt.device)
         if is_best and cfg.train.save_best:
@@ -521,6 +570,8 @@ def train(cfg: Config, trial=None, resume: str | None = None) -> dict:
     tr = build_trainer(cfg, len(classes), data.image_size, len(data.train.labels), rt, transfer=ckpt is None)
     p = restore_state(tr, ckpt, resume, cfg, rt.device) if ckpt is not None else Progress()
     parallelise(tr, cfg, rt, p.epoch)
+    if rt.is_main and cfg.train.diagnostics:
+        tr.health = LayerHealth(tr.model, probe_batch(cfg, data, rt))
     log = open_run(cfg, rt, trial, p.epoch if ckpt is not None else None)
     if rt.is_main:
         m = rt.describe()

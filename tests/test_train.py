@@ -181,7 +181,10 @@ def test_collapsed_network_is_flagged_and_warned_about(tiny, tmp_path, monkeypat
     monkeypatch.setattr(T, "build_model", dead)
     run = tmp_path / "r"
     T.train(load_config(None, tiny(f"run_dir={run}", "train.epochs=2")))
-    assert capsys.readouterr().err.count("every validation image gets the same logits") == 2
+    err = capsys.readouterr().err
+    assert err.count("every validation image gets the same logits") == 2
+    # The warning names the layer whose health broke first (layer health is measured after each epoch's last step).
+    assert "first to break: fc7: 100% dead units since step 15 (lr 0.05, init kaiming)" in err
     assert [(r["epoch"], r.get("collapsed")) for r in map(json.loads, open(run / "metrics.jsonl"))] == [
         (1, True), (2, True)]
     monkeypatch.undo()  # the same config with the real model is not flagged
