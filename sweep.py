@@ -28,6 +28,9 @@ from data import load_split
 from runtime import ConfigError, UserError, cli, make_dir, mix_seed, process_alive, write_text
 
 SAMPLERS = ("tpe", "random", "grid")
+# A grid axis whose values are whole sets of changes ({dotted key: value}, {} = the base): one row per
+# value, so a grid can hold one-change-per-row comparisons instead of a Cartesian product.
+VARIANT = "variant"
 PRUNERS = ("median", "hyperband", "none")
 
 
@@ -80,6 +83,9 @@ def load_sweep(path: str) -> tuple[SweepConfig, str]:
     for key, values in sw.grid.items():
         if not isinstance(values, list) or not values:
             raise ConfigError(f"{path}: grid `{key}` needs a non-empty list of values")
+        if key == VARIANT and not all(isinstance(v, dict) for v in values):
+            raise ConfigError(f"{path}: every grid `{VARIANT}` value is a mapping of dotted keys to values "
+                              "({} for the base)")
     for key, spec in sw.space.items():
         check_distribution(path, key, spec)
     return sw, base
@@ -111,7 +117,8 @@ def trial_config(base: str, sw: SweepConfig, cli: list[str], values: dict, run_d
         raw = deep_merge(raw, nest(k, v))
     raw = deep_merge(raw, parse_overrides(cli))
     for k, v in values.items():
-        raw = deep_merge(raw, nest(k, v))
+        for dk, dv in (v.items() if k == VARIANT else [(k, v)]):
+            raw = deep_merge(raw, nest(dk, dv))
     if run_dir:
         raw = deep_merge(raw, {"run_dir": run_dir})
     return load_config(base=raw)

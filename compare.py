@@ -1,0 +1,213 @@
+"""Compare runs: group run folders by the config keys that differ between them; mean ± sd over seeds.
+
+    python compare.py runs/sweeps/seed_comparisons [--train-split]
+
+Every folder under the given ones that holds config.yaml + metrics.jsonl is a run. Runs whose configs differ
+only in the seed (and in where/how they ran: RESUME_KEYS) form one row. The base row is the one that, for
+every key that varies, has the value most rows share (in a one-change-per-row grid: the unchanged recipe).
+Per row: best and final validation top-1 (mean ± sd over seeds), the difference of the final top-1 from
+the base with its standard error, the un-augmented training-split top-1 of the final model (the other side
+of the generalisation gap, with --train-split or when a record carries it), minutes, and a verdict only
+where the difference exceeds twice its standard error. report.py --comparisons writes the same table into
+REPORT.md from committed records.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+from collections import Counter
+from dataclasses import dataclass
+
+import yaml
+
+from config import RESUME_KEYS, flatten, load_config, to_dict
+from runtime import DataError, cli
+
+NOT_A_ROW = set(RESUME_KEYS) | {"seed"}  # the seed is the repeat axis; the rest say where and how a run went
+
+
+def read_run(path: str) -> dict | None:
+    """A run directory as a record {"epochs", "config", "history"}; None before its first validated epoch."""
+    metrics, config = os.path.join(path, "metrics.jsonl"), os.path.join(path, "config.yaml")
+    if not (os.path.isfile(metrics) and os.path.isfile(config)):
+        return None
+    with open(metrics) as f:
+        history = [json.loads(line) for line in f if line.strip()]
+    with open(config) as f:
+        cfg = yaml.safe_load(f)
+    if not history or "val_top1" not in history[0]:
+        return None
+    return {"epochs": cfg["train"]["epochs"], "config": cfg, "history": history}
+
+
+def find_runs(folders: list[str]) -> dict[str, dict]:
+    """{run folder: record} for every finished run under `folders`."""
+    out = {}
+    for top in folders:
+        if not os.path.isdir(top):
+            raise DataError(f"{top} is not a folder of runs; pass e.g. runs/sweeps/<study>")
+        for path, _, files in sorted(os.walk(top)):
+            if "metrics.jsonl" in files:
+                record = read_run(path)
+                if record and finished(record):
+                    out[path] = record
+    return out
+
+
+def finished(record: dict) -> bool:
+    return bool(record["history"]) and record["history"][-1]["epoch"] >= record["epochs"]
+
+
+@dataclass
+class Row:
+    change: dict  # {key: value} where this row differs from the base; {} for the base
+    runs: list[dict]
+
+    def values(self, key: str) -> list[float]:
+        if key == "train_top1":
+            return [r["train_top1"] for r in self.runs if r.get("train_top1") is not None]
+        pick = {"best": lambda h: max(e["val_top1"] for e in h), "final": lambda h: h[-1]["val_top1"],
+                "minutes": lambda h: sum(e["epoch_s"] for e in h) / 60}[key]
+        return [pick(r["history"]) for r in self.runs]
+
+
+def varying_keys(records: list[dict]) -> list[str]:
+    """Config keys (dotted) whose values differ between the records, seeds and where/how keys aside."""
+    flats = [flatten(to_dict(load_config(base=r["config"]))) for r in records]
+    keys = sorted({k for f in flats for k in f})
+    return [k for k in keys if k not in NOT_A_ROW and len({json.dumps(f.get(k)) for f in flats}) > 1]
+
+
+def group(records: list[dict]) -> list[Row]:
+    """Rows of runs alike in every varying key: the base row first, then by label, which keeps an axis's
+    rows together (model.activation=gelu, model.activation=silu, model.init=paper, ...)."""
+    if not records:
+        return []
+    keys = varying_keys(records)
+    flats = [flatten(to_dict(load_config(base=r["config"]))) for r in records]
+    rows: dict[str, tuple[dict, list[dict]]] = {}
+    for r, f in zip(records, flats):
+        values = {k: f.get(k) for k in keys}
+        rows.setdefault(json.dumps(values, sort_keys=True), (values, []))[1].append(r)
+    # The base: for every varying key, the value most rows share.
+    base = {k: Counter(json.dumps(v[k]) for v, _ in rows.values()).most_common(1)[0][0] for k in keys}
+    out = [Row({k: v for k, v in values.items() if json.dumps(v) != base[k]}, runs) for values, runs in rows.values()]
+    return sorted(out, key=lambda row: (bool(row.change), label(row.change)))
+
+
+def mean_sd(xs: list[float]) -> tuple[float, float | None]:
+    return statistics.mean(xs), statistics.stdev(xs) if len(xs) > 1 else None
+
+
+def difference(row: Row, base: Row) -> tuple[float, float | None]:
+    """Final top-1 of `row` minus the base's, and its standard error sqrt(sd_a^2/n_a + sd_b^2/n_b)."""
+    a, b = row.values("final"), base.values("final")
+    if len(a) < 2 or len(b) < 2:
+        return statistics.mean(a) - statistics.mean(b), None
+    return (statistics.mean(a) - statistics.mean(b),
+            math.sqrt(statistics.variance(a) / len(a) + statistics.variance(b) / len(b)))
+
+
+def verdict(diff: float, se: float | None) -> str:
+    if se is None or abs(diff) <= 2 * se:
+        return ""
+    return "better" if diff > 0 else "worse"
+
+
+def label(change: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in change.items()) or "base"
+
+
+def fmt(xs: list[float]) -> str:
+    if not xs:
+        return "—"
+    m, sd = mean_sd(xs)
+    return f"{m:.4f}" + (f" ± {sd:.4f}" if sd is not None else "")
+
+
+def table(rows: list[Row]) -> str:
+    """The markdown comparison table (the base first; differences are against it)."""
+    lines = ["| change | n | best val top-1 | final val top-1 | Δ final vs base (± SE) | train top-1 (final) "
+             "| minutes | verdict |", "|---|---|---|---|---|---|---|---|"]
+    base = rows[0]
+    for row in rows:
+        if row is base:
+            delta, word = "—", ""
+        else:
+            diff, se = difference(row, base)
+            delta = f"{diff:+.4f}" + (f" ± {se:.4f}" if se is not None else " (n<2: no SE)")
+            word = verdict(diff, se)
+        minutes = statistics.mean(row.values("minutes"))
+        lines.append(f"| `{label(row.change)}` | {len(row.runs)} | {fmt(row.values('best'))} | "
+                     f"{fmt(row.values('final'))} | {delta} | {fmt(row.values('train_top1'))} | {minutes:.1f} | "
+                     f"{word} |")
+    return "\n".join(lines) + "\n"
+
+
+def train_split_top1(run_dir: str) -> float | None:
+    """Un-augmented top-1 of the run's final model on the images it trained on."""
+    last = os.path.join(run_dir, "last.pt")
+    if not os.path.isfile(last):
+        return None
+    from evaluate import evaluate
+
+    return evaluate(last, "train")["top1"]
+
+
+def plot(rows: list[Row], path: str, title: str) -> None:
+    """Per row, each seed's final validation top-1 (dots) and their mean (bar); the base marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from runtime import atomic_write
+
+    fig, ax = plt.subplots(figsize=(7.5, 0.45 * len(rows) + 1.4), dpi=110)
+    base_mean = statistics.mean(rows[0].values("final"))
+    for i, row in enumerate(rows):
+        finals = row.values("final")
+        colour = "tab:red" if i == 0 else "tab:blue"
+        ax.barh(i, statistics.mean(finals), color=colour, alpha=0.25, height=0.7)
+        ax.plot(finals, [i] * len(finals), "o", color=colour, ms=5)
+    ax.axvline(base_mean, color="tab:red", lw=1, ls="--", label="base mean")
+    ax.set_yticks(range(len(rows)), [label(r.change) for r in rows], fontsize=8)
+    ax.invert_yaxis()
+    lo = min(min(r.values("final")) for r in rows)
+    ax.set_xlim(max(0.0, lo - 0.05), min(1.0, max(max(r.values("final")) for r in rows) + 0.03))
+    ax.set_xlabel("final validation top-1 (dots: seeds, bars: mean)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    finally:
+        plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="Group runs by the config keys that differ; mean ± sd over seeds.")
+    ap.add_argument("folders", nargs="+", help="folders holding run directories, e.g. runs/sweeps/<study>")
+    ap.add_argument("--train-split", action="store_true",
+                    help="also score each final model on its training images (one evaluation per run)")
+    args = ap.parse_args(argv)
+    return cli(lambda: compare_main(args))
+
+
+def compare_main(args) -> int:
+    found = find_runs(args.folders)
+    if not found:
+        raise DataError(f"no finished runs under {', '.join(args.folders)}")
+    if args.train_split:
+        for path, record in found.items():
+            record["train_top1"] = train_split_top1(path)
+    print(table(group(list(found.values()))), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""compare.py's grouping of runs and report.py --comparisons, checked against values computed by hand."""
+import json
+import math
+import os
+import statistics
+
+import yaml
+
+import compare
+import report
+import sweep
+from config import parse_overrides
+from conftest import TINY
+
+
+def test_a_one_change_grid_is_grouped_and_compared_as_by_hand(tmp_path, capsys):
+    base = parse_overrides(TINY + ["train.epochs=2", "data.synthetic_size=200", f"out_dir={tmp_path / 'runs'}",
+                                   f"data.cache_dir={tmp_path / 'cache'}"])
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
+    grid = {"variant": [{}, {"model.dropout": 0.0}, {"model.activation": "gelu", "optim.lr": 0.02}], "seed": [0, 1]}
+    (tmp_path / "g.yaml").write_text(yaml.safe_dump({"base": "base.yaml", "pruner": "none", "grid": grid}))
+    assert sweep.main(["--config", str(tmp_path / "g.yaml"), "--storage", f"journal:{tmp_path / 'j'}"]) == 0
+    sweep_dir = tmp_path / "runs" / "sweeps" / "g"
+
+    runs = compare.find_runs([str(sweep_dir)])
+    assert len(runs) == 6
+    rows = compare.group(list(runs.values()))
+    assert [r.change for r in rows] == [{}, {"model.activation": "gelu", "optim.lr": 0.02}, {"model.dropout": 0.0}]
+    assert all(sorted(r["config"]["seed"] for r in row.runs) == [0, 1] for row in rows)
+
+    def by_hand(change):  # final val top-1 per seed, read straight from metrics.jsonl
+        finals = []
+        for path, rec in runs.items():
+            cfg = rec["config"]
+            is_row = (cfg["model"]["dropout"] == change.get("model.dropout", 0.5)
+                      and cfg["model"]["activation"] == change.get("model.activation", "relu"))
+            if is_row:
+                finals.append(json.loads(open(os.path.join(path, "metrics.jsonl")).read().splitlines()[-1])["val_top1"])
+        return finals
+
+    b, g = by_hand({}), by_hand({"model.activation": "gelu"})
+    diff, se = compare.difference(rows[1], rows[0])
+    assert math.isclose(diff, statistics.mean(g) - statistics.mean(b), abs_tol=1e-12)
+    assert math.isclose(se, math.sqrt(statistics.variance(g) / 2 + statistics.variance(b) / 2), abs_tol=1e-12)
+    text = compare.table(rows)
+    line = next(ln for ln in text.splitlines() if "gelu" in ln)
+    assert f"{statistics.mean(g):.4f} ± {statistics.stdev(g):.4f}" in line and f"{diff:+.4f} ± {se:.4f}" in line
+    assert compare.verdict(0.05, 0.02) == "better" and compare.verdict(-0.05, 0.02) == "worse"
+    assert compare.verdict(0.03, 0.02) == "" and compare.verdict(0.5, None) == ""
+
+    # report.py --comparisons: records (with the train-split top-1) committed once, the section regenerated.
+    md, res, docs = tmp_path / "REPORT.md", tmp_path / "res", tmp_path / "docs"
+    md.write_text(f"# R\n\n{report.COMPARISONS[0]}\nold\n{report.COMPARISONS[1]}\n\nkept\n")
+    argv = ["--comparisons", str(sweep_dir), "--results", str(res), "--report", str(md), "--docs", str(docs)]
+    assert report.main(argv) == 0
+    records = sorted(os.listdir(res / "comparisons"))
+    assert len(records) == 6 and records[0] == "g-trial-0000.json"
+    rec = json.loads((res / "comparisons" / records[0]).read_text())
+    assert 0 <= rec["train_top1"] <= 1 and rec["history"]
+    out = md.read_text()
+    assert "old" not in out and out.rstrip().endswith("kept") and "| `base` | 2 |" in out and "Budget: 2 epochs" in out
+    assert (docs / "comparisons.png").read_bytes()[:4] == b"\x89PNG"
+    assert report.main(argv) == 0 and "(0 new)" in capsys.readouterr().out
+    assert compare.main([str(sweep_dir)]) == 0 and "`model.dropout=0.0`" in capsys.readouterr().out
