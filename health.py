@@ -172,3 +172,63 @@ def save_filter_png(weight: torch.Tensor, path: str, title: str = "") -> None:
         atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
     finally:
         plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------------
+# The first epoch of runs side by side (REPORT.md's instability figure)
+
+PLOTTED = ("dead_frac", "image_spread", "update_ratio", "act_std")
+
+
+def first_epoch_curves(run_dir: str) -> dict[str, dict[str, list[tuple[int, float]]]]:
+    """{stat: {layer: [(step, value)]}} from RUN/first_epoch/'s events."""
+    import os
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(os.path.join(run_dir, "first_epoch"), size_guidance={"scalars": 0})
+    acc.Reload()
+    out: dict[str, dict[str, list[tuple[int, float]]]] = {}
+    for tag in acc.Tags()["scalars"]:
+        _, layer, stat = tag.split("/")
+        out.setdefault(stat, {})[layer] = [(e.step, e.value) for e in acc.Scalars(tag)]
+    return out
+
+
+def plot_runs(runs: dict[str, str], path: str) -> None:
+    """One column per run: its first-epoch layer curves (PLOTTED), then its conv1 filters from last.pt."""
+    import os
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from runtime import atomic_write, load_checkpoint
+
+    fig, axes = plt.subplots(len(PLOTTED) + 1, len(runs), figsize=(5.2 * len(runs), 2.3 * (len(PLOTTED) + 1) + 0.5),
+                             dpi=100, squeeze=False)
+    for col, (title, run_dir) in enumerate(runs.items()):
+        curves = first_epoch_curves(run_dir)
+        for row, stat in enumerate(PLOTTED):
+            ax = axes[row][col]
+            for layer, points in curves.get(stat, {}).items():
+                ax.plot(*zip(*points), label=layer, lw=1.2)
+            ax.set_title(f"{title}: {stat}", fontsize=9)
+            if stat in ("image_spread", "update_ratio"):
+                ax.set_yscale("log")
+            ax.tick_params(labelsize=7)
+            if row == len(PLOTTED) - 1:
+                ax.set_xlabel("step (epoch 1)", fontsize=8)
+        axes[PLOTTED.index("update_ratio")][col].legend(fontsize=6, ncol=4)  # every layer has one
+        ckpt = load_checkpoint(os.path.join(run_dir, "last.pt"))
+        ax = axes[-1][col]
+        ax.imshow(filter_grid(ckpt["model"]["features.conv1.weight"]).permute(1, 2, 0).numpy(),
+                  interpolation="nearest")
+        ax.set_axis_off()
+        ax.set_title(f"{title}: conv1 filters after epoch {ckpt['epoch']}", fontsize=9)
+    fig.tight_layout()
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    finally:
+        plt.close(fig)

@@ -277,9 +277,27 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--comparisons", nargs="?", const=os.path.join("runs", "sweeps", "seed_comparisons"),
                     metavar="SWEEP_DIR", help="instead: regenerate REPORT.md's comparisons section from the grid's "
                                               "records (new finished runs in SWEEP_DIR are recorded first)")
+    ap.add_argument("--health", nargs="+", metavar="LABEL=RUN_DIR",
+                    help="instead: draw these runs' first-epoch layer health and conv1 filters side by side "
+                         "(docs/layer_health.png)")
     ap.add_argument("overrides", nargs="*", default=[], metavar="key=value")
     args = ap.parse_args(argv)
-    return cli(lambda: run_comparisons(args) if args.comparisons else run_report(args))
+    return cli(lambda: run_comparisons(args) if args.comparisons else run_health(args) if args.health
+               else run_report(args))
+
+
+def run_health(args) -> int:
+    from health import plot_runs
+
+    runs = dict(item.split("=", 1) if "=" in item else (os.path.basename(item), item) for item in args.health)
+    for name, path in runs.items():
+        if not os.path.isdir(os.path.join(path, "first_epoch")):
+            raise ConfigError(f"{path} has no first_epoch/ health record (train it with train.diagnostics=true)")
+    os.makedirs(args.docs, exist_ok=True)
+    out = os.path.join(args.docs, "layer_health.png")
+    plot_runs(runs, out)
+    print(f"layer health of {', '.join(runs)}: {out}")
+    return 0
 
 
 def train_rows(args) -> bool:

@@ -85,6 +85,11 @@ def test_diagnostics_do_not_change_training_and_are_logged(tiny, tmp_path, capsy
     assert [s.step for s in first.Scalars("layers/conv1/dead_frac")] == [3, 6, 9, 12, 15]  # 15 steps in epoch 1
     assert not [f for f in os.listdir(off["run_dir"]) if f == "first_epoch"]
 
+    import report
+    assert report.main(["--health", f"on={on['run_dir']}", "--docs", str(tmp_path / "docs")]) == 0
+    assert (tmp_path / "docs" / "layer_health.png").read_bytes()[:4] == b"\x89PNG"
+    assert report.main(["--health", off["run_dir"], "--docs", str(tmp_path / "docs")]) == 2  # nothing recorded
+
     assert E.main([on["last_checkpoint"], "--filters"]) == 0
     png = os.path.join(on["run_dir"], "conv1_filters.png")
     assert open(png, "rb").read(4) == b"\x89PNG" and png in capsys.readouterr().out

@@ -1,3 +1,4 @@
+import json
 import os
 import warnings
 
@@ -118,11 +119,11 @@ def test_pruner_warm_up_spares_early_epochs_and_early_trials(make_sweep):
 def test_two_workers_share_one_study(make_sweep, tmp_path):
     path, storage = make_sweep({"space": {"model.dropout": {"type": "float", "low": 0.0, "high": 0.5}},
                                 "sampler": "random", "pruner": "none"}, "w")
-    assert sweep.main(["--config", path, "--storage", storage, "--trials", "4", "--workers", "2"]) == 0
+    assert sweep.main(["--config", path, "--storage", storage, "--trials", "3", "--workers", "2"]) == 0
     ts = trials(storage, "w")
-    assert len(ts) == 4 and all(t.state.name == "COMPLETE" for t in ts)
-    assert sorted(t.number for t in ts) == [0, 1, 2, 3]
-    assert len({t.user_attrs["run_dir"] for t in ts}) == 4
+    assert len(ts) == 3 and all(t.state.name == "COMPLETE" for t in ts)
+    assert sorted(t.number for t in ts) == [0, 1, 2]
+    assert len({t.user_attrs["run_dir"] for t in ts}) == 3
 
 
 def test_bad_space_key_fails_before_any_trial(make_sweep, capsys):
@@ -136,7 +137,8 @@ def test_bad_space_key_fails_before_any_trial(make_sweep, capsys):
 def test_shipped_sweep_files_validate():
     import glob
 
-    ablations = sorted(os.path.basename(f)[:-5] for f in glob.glob("configs/ablations/*.yaml"))
+    ablations = sorted(os.path.basename(f)[:-5] for f in glob.glob("configs/ablations/*.yaml")
+                       if not f.endswith("seed_comparisons.yaml"))
     # One per comparison the lab exists for: each varies what its name says, over seeds 0-2.
     varies = {"activation": "model.activation", "augmentation": "data", "dropout": "model.dropout",
               "head": "model.head", "init": "model.init", "normalisation": "model.norm", "optimizer": "optim",
@@ -151,6 +153,14 @@ def test_shipped_sweep_files_validate():
         here = best[section][field] if field else best[section]
         arms = sw.grid[key]
         assert any(arm == here if field else all(here[k] == v for k, v in arm.items()) for arm in arms), name
+    # The seed's comparisons: the base and 12 one-change rows, each different, 2 seeds.
+    sw, base = sweep.load_sweep("configs/ablations/seed_comparisons.yaml")
+    variants = sw.grid["variant"]
+    assert set(sw.grid) == {"variant", "seed"} and sw.grid["seed"] == [0, 1]
+    assert variants[0] == {} and len(variants) == 13 and len({json.dumps(v, sort_keys=True) for v in variants}) == 13
+    flat_best = {f"{s}.{k}": v for s, sec in best.items() if isinstance(sec, dict) for k, v in sec.items()}
+    assert all(all(flat_best[k] != v for k, v in var.items()) for var in variants[1:])  # each a real change
+    assert all(len({k.split(".")[0] for k in var}) == 1 for var in variants[1:])  # within one concern
     files = glob.glob("configs/ablations/*.yaml") + ["configs/sweep.yaml", "configs/sweep_quickstart.yaml"]
     for f in files:
         sw, base = sweep.load_sweep(f)

@@ -23,11 +23,11 @@ def run_cli(args, timeout=300):
 
 def test_quickstart_config_learns_far_above_chance(tiny):
     # The real quickstart preset, shortened so the suite stays fast; validation top-1 chance is 0.10.
-    # (8 epochs on 4,000 images reach ~0.92; 4 on 2,000 reach ~0.49, four times chance.)
-    cfg = load_config("configs/quickstart.yaml", tiny()[-3:] + ["train.epochs=4", "data.synthetic_size=2000",
+    # (8 epochs on 4,000 images reach ~0.92; 4 on 1,600 reach ~0.39, four times chance.)
+    cfg = load_config("configs/quickstart.yaml", tiny()[-3:] + ["train.epochs=4", "data.synthetic_size=1600",
                                                                  "train.progress=false"])
     result = T.train(cfg)
-    assert result["best_val_top1"] > 0.4, result
+    assert result["best_val_top1"] > 0.3, result
     for key in ("run_dir", "best_val_top1", "final_val_top1", "epochs", "best_checkpoint", "last_checkpoint"):
         assert key in result
     assert result["epochs"] == 4 and os.path.isfile(result["best_checkpoint"])
