@@ -165,7 +165,7 @@ def plot(rows: list[Row], path: str, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from runtime import atomic_write
+    from runtime import save_figure
 
     fig, ax = plt.subplots(figsize=(7.5, 0.45 * len(rows) + 1.4), dpi=110)
     base_mean = statistics.mean(rows[0].values("final"))
@@ -182,11 +182,7 @@ def plot(rows: list[Row], path: str, title: str) -> None:
     ax.set_xlabel("final validation top-1 (dots: seeds, bars: mean)")
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    try:
-        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
-    finally:
-        plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,7 +24,7 @@ from torch import nn
 from config import DataConfig, load_config
 from data import ImageSet, Stats, carve, centre_crop, image_size, iterate, load_split, prepare
 from models import build_model
-from runtime import (CKPT_FORMAT, CheckpointError, DataError, atomic_write, autocast, cli, load_checkpoint,
+from runtime import (CKPT_FORMAT, CheckpointError, DataError, autocast, cli, load_checkpoint, save_figure,
                      resolve_amp, resolve_device, save_checkpoint, write_text)
 
 
@@ -164,11 +164,7 @@ def plot_confusion(result: dict, path: str, title: str = "") -> None:
     ax.set_ylabel("true")
     tta = "" if result.get("tta", "none") == "none" else f", TTA {result['tta']}"
     ax.set_title(f"{title}{result['split']}{tta} top-1 {result['top1']:.4f} (n={result['n']})", fontsize=10)
-    fig.tight_layout()
-    try:
-        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
-    finally:
-        plt.close(fig)
+    save_figure(fig, path)
 
 
 def checkpoint_path(path: str) -> str:

@@ -160,18 +160,14 @@ def save_filter_png(weight: torch.Tensor, path: str, title: str = "") -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from runtime import atomic_write
+    from runtime import save_figure
 
     grid = filter_grid(weight)
     fig, ax = plt.subplots(figsize=(max(3.0, grid.shape[2] / 12), max(3.0, grid.shape[1] / 12) + 0.4), dpi=120)
     ax.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest")
     ax.set_axis_off()
     ax.set_title(title or f"conv1: {weight.shape[0]} filters of {weight.shape[2]}x{weight.shape[3]}", fontsize=9)
-    fig.tight_layout()
-    try:
-        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
-    finally:
-        plt.close(fig)
+    save_figure(fig, path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -204,7 +200,7 @@ def plot_runs(runs: dict[str, str], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from runtime import atomic_write, load_checkpoint
+    from runtime import load_checkpoint, save_figure
 
     fig, axes = plt.subplots(len(PLOTTED) + 1, len(runs), figsize=(5.2 * len(runs), 2.3 * (len(PLOTTED) + 1) + 0.5),
                              dpi=100, squeeze=False)
@@ -227,8 +223,4 @@ def plot_runs(runs: dict[str, str], path: str) -> None:
                   interpolation="nearest")
         ax.set_axis_off()
         ax.set_title(f"{title}: conv1 filters after epoch {ckpt['epoch']}", fontsize=9)
-    fig.tight_layout()
-    try:
-        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
-    finally:
-        plt.close(fig)
+    save_figure(fig, path)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import compare
 from compare import read_run
 from config import load_config, recipe_changes
-from runtime import ConfigError, TrainingDiverged, cli, load_checkpoint, write_text
+from runtime import ConfigError, TrainingDiverged, cli, load_checkpoint, save_figure, write_text
 from train import train
 
 
@@ -193,9 +193,7 @@ def plot_curves(runs: list[tuple[str, dict]], path: str) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
     ax.set_title("CIFAR-10 (JPEG) validation top-1; dotted = unfinished")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def write_report(path: str, body: str, begin: str = BEGIN, end: str = END) -> None:
