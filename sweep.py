@@ -245,18 +245,24 @@ def objective_for(base: str, sw: SweepConfig, cli: list[str], sweep_dir: str):
     return objective
 
 
-def heal_stale_trials(study, grid: bool) -> list[int]:
+def heal_stale_trials(study, grid: bool, other_hosts: bool = False) -> list[int]:
     """Mark FAIL the trials left RUNNING by a process of this host that is gone (kill -9, a crash, a power
-    cut), so the study does not wait on them forever. A grid queues each such point again (with its grid
-    id); a search does not, so it never proposes a point twice."""
+    cut), so the study does not wait on them forever; with `other_hosts`, also every RUNNING trial of
+    another machine (the user's word that it is gone: a study carried to a new machine). A grid queues
+    each such point again (with its grid id); a search does not, so it never proposes a point twice."""
     import optuna
     from optuna.trial import TrialState
 
     healed = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         host, _, pid = str(t.user_attrs.get("owner", "")).rpartition(":")
-        if host == socket.gethostname() and pid.isdigit() and not process_alive(int(pid)):
-            study.tell(t.number, state=TrialState.FAIL)
+        mine = host == socket.gethostname()
+        if (mine and pid.isdigit() and not process_alive(int(pid))) or (other_hosts and host and not mine):
+            try:
+                study.tell(t.number, state=TrialState.FAIL)
+            except RuntimeError as e:  # GridSampler stops a grid this completes, refused outside optimize();
+                if "stop" not in str(e):  # Optuna has stored the FAIL by then (tell writes it in a finally)
+                    raise
             if grid:  # queue the point again; its system attrs carry the grid id GridSampler reads
                 study.add_trial(optuna.create_trial(
                     state=TrialState.WAITING, params=t.params, distributions=t.distributions,
@@ -377,6 +383,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--study", help="study name (default: the file's `study` or its name)")
     ap.add_argument("--workers", type=int, default=1, help="worker processes on this machine (cores are split)")
     ap.add_argument("--seed", type=int, default=0, help="sampler seed")
+    ap.add_argument("--heal-other-hosts", action="store_true",
+                    help="mark FAIL the trials other machines left RUNNING (they are gone), so a grid re-runs them")
     ap.add_argument("overrides", nargs="*", default=[], metavar="key=value", help="applied to every trial's base config")
     args = ap.parse_args(argv)
     return cli(lambda: run_sweep(args))
@@ -414,7 +422,7 @@ def run_sweep(args) -> int:
     sweep_dir = os.path.join(cfg0.out_dir, "sweeps", sw.study)
     load_split(cfg0.data, "train")  # fail fast (and fill the folder cache once) before any trial
     study = make_study(sw, storage, args.seed)
-    healed = heal_stale_trials(study, sw.sampler == "grid")
+    healed = heal_stale_trials(study, sw.sampler == "grid", args.heal_other_hosts)
     if healed:
         print(f"trials {healed} were left RUNNING by a process that is gone; marked FAIL", file=sys.stderr)
     trials = trials_to_run(study, sw, args.trials)

@@ -236,3 +236,19 @@ def test_a_grid_point_whose_process_died_is_run_again(make_sweep):
     ts = trials(storage, "g")
     assert [t.state for t in ts].count(TrialState.FAIL) == 1 and not [t for t in ts if t.state == TrialState.RUNNING]
     assert sorted(t.params["model.dropout"] for t in ts if t.state == TrialState.COMPLETE) == [0.0, 0.5]
+
+
+def test_trials_another_machine_left_running_are_healed_only_when_asked(make_sweep):
+    from optuna.trial import TrialState
+
+    path, storage = make_sweep({"grid": {"model.dropout": [0.0, 0.5]}}, "h")
+    assert sweep.main(["--config", path, "--storage", storage, "--trials", "1"]) == 0
+    study = optuna.load_study(study_name="h", storage=sweep.make_storage(storage))
+    orphan = study.ask()  # the other grid point, taken by a machine that is gone (a study carried in git)
+    orphan.set_user_attr("owner", "some-other-machine:1234")
+    assert sweep.main(["--config", path, "--storage", storage]) == 0
+    assert [t.state for t in trials(storage, "h")].count(TrialState.RUNNING) == 1  # could still be running
+    assert sweep.main(["--config", path, "--storage", storage, "--heal-other-hosts"]) == 0
+    ts = trials(storage, "h")
+    assert not [t for t in ts if t.state == TrialState.RUNNING]
+    assert sorted(t.params["model.dropout"] for t in ts if t.state == TrialState.COMPLETE) == [0.0, 0.5]
