@@ -130,13 +130,14 @@ def fmt(xs: list[float]) -> str:
 
 
 def table(rows: list[Row]) -> str:
-    """The markdown comparison table (the base first; differences are against it)."""
+    """The markdown comparison table (the base first; differences are against it). Until a run of the base
+    itself has finished (an unfinished grid), no row has a difference."""
     lines = ["| change | n | best val top-1 | final val top-1 | Δ final vs base (± SE) | train top-1 (final) "
              "| minutes | verdict |", "|---|---|---|---|---|---|---|---|"]
-    base = rows[0]
+    base = rows[0] if not rows[0].change else None
     for row in rows:
-        if row is base:
-            delta, word = "—", ""
+        if base is None or row is base:
+            delta, word = "—" if base is not None else "no base run yet", ""
         else:
             diff, se = difference(row, base)
             delta = f"{diff:+.4f}" + (f" ± {se:.4f}" if se is not None else " (n<2: no SE)")
@@ -168,20 +169,21 @@ def plot(rows: list[Row], path: str, title: str) -> None:
     from runtime import save_figure
 
     fig, ax = plt.subplots(figsize=(7.5, 0.45 * len(rows) + 1.4), dpi=110)
-    base_mean = statistics.mean(rows[0].values("final"))
     for i, row in enumerate(rows):
         finals = row.values("final")
-        colour = "tab:red" if i == 0 else "tab:blue"
+        colour = "tab:blue" if row.change else "tab:red"
         ax.barh(i, statistics.mean(finals), color=colour, alpha=0.25, height=0.7)
         ax.plot(finals, [i] * len(finals), "o", color=colour, ms=5)
-    ax.axvline(base_mean, color="tab:red", lw=1, ls="--", label="base mean")
+    if not rows[0].change:
+        ax.axvline(statistics.mean(rows[0].values("final")), color="tab:red", lw=1, ls="--", label="base mean")
     ax.set_yticks(range(len(rows)), [label(r.change) for r in rows], fontsize=8)
     ax.invert_yaxis()
     lo = min(min(r.values("final")) for r in rows)
     ax.set_xlim(max(0.0, lo - 0.05), min(1.0, max(max(r.values("final")) for r in rows) + 0.03))
     ax.set_xlabel("final validation top-1 (dots: seeds, bars: mean)")
     ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7, loc="lower right")
+    if not rows[0].change:
+        ax.legend(fontsize=7, loc="lower right")
     save_figure(fig, path)
 
 
