@@ -82,21 +82,28 @@ def varying_keys(records: list[dict]) -> list[str]:
     return [k for k in keys if k not in NOT_A_ROW and len({json.dumps(f.get(k)) for f in flats}) > 1]
 
 
-def group(records: list[dict]) -> list[Row]:
-    """Rows of runs alike in every varying key: the base row first, then by label, which keeps an axis's
-    rows together (model.activation=gelu, model.activation=silu, model.init=paper, ...)."""
+def group(records: list[dict], base: dict | None = None) -> list[Row]:
+    """Rows of runs alike in every key that varies: the base row first, then by label, which keeps an
+    axis's rows together (model.activation=gelu, model.activation=silu, model.init=paper, ...). `base` (a
+    config dict, e.g. a grid's unchanged recipe) is what each row's change is measured from; without it,
+    the base is the value most rows share for every varying key."""
     if not records:
         return []
-    keys = varying_keys(records)
     flats = [flatten(to_dict(load_config(base=r["config"]))) for r in records]
+    if base is None:
+        keys = varying_keys(records)
+        ref = {k: Counter(json.dumps(f.get(k)) for f in flats).most_common(1)[0][0] for k in keys}
+    else:
+        b = flatten(to_dict(load_config(base=base)))
+        keys = sorted(k for k in {k for f in flats for k in f} - NOT_A_ROW
+                      if any(json.dumps(f.get(k)) != json.dumps(b.get(k)) for f in flats))
+        ref = {k: json.dumps(b.get(k)) for k in keys}
     rows: dict[str, tuple[dict, list[dict]]] = {}
     for r, f in zip(records, flats):
-        values = {k: f.get(k) for k in keys}
-        rows.setdefault(json.dumps(values, sort_keys=True), (values, []))[1].append(r)
-    # The base: for every varying key, the value most rows share.
-    base = {k: Counter(json.dumps(v[k]) for v, _ in rows.values()).most_common(1)[0][0] for k in keys}
-    out = [Row({k: v for k, v in values.items() if json.dumps(v) != base[k]}, runs) for values, runs in rows.values()]
-    return sorted(out, key=lambda row: (bool(row.change), label(row.change)))
+        change = {k: f.get(k) for k in keys if json.dumps(f.get(k)) != ref[k]}
+        rows.setdefault(json.dumps(change, sort_keys=True), (change, []))[1].append(r)
+    return sorted((Row(change, runs) for change, runs in rows.values()),
+                  key=lambda row: (bool(row.change), label(row.change)))
 
 
 def mean_sd(xs: list[float]) -> tuple[float, float | None]:

@@ -48,6 +48,9 @@ def test_a_one_change_grid_is_grouped_and_compared_as_by_hand(tmp_path, capsys):
     assert compare.verdict(0.05, 0.02) == "better" and compare.verdict(-0.05, 0.02) == "worse"
     assert compare.verdict(0.03, 0.02) == "" and compare.verdict(0.5, None) == ""
     assert compare.table(rows[1:]).count("no base run yet") == 2  # a grid whose base has not finished yet
+    # Given the grid's recipe, a change is measured from it even when only one row has finished.
+    assert [r.change for r in compare.group([r for row in rows for r in row.runs], base)] == [r.change for r in rows]
+    assert [r.change for r in compare.group(rows[2].runs, base)] == [{"model.dropout": 0.0}]
 
     # report.py --comparisons: records (with the train-split top-1) committed once, the section regenerated.
     md, res, docs = tmp_path / "REPORT.md", tmp_path / "res", tmp_path / "docs"
