@@ -150,8 +150,10 @@ def table(rows: list[Row]) -> str:
             delta = f"{diff:+.4f}" + (f" ± {se:.4f}" if se is not None else " (n<2: no SE)")
             word = verdict(diff, se)
         minutes = statistics.mean(row.values("minutes"))
+        fit = row.values("train_top1")
+        fit_text = fmt(fit) + (f" (n={len(fit)})" if fit and len(fit) < len(row.runs) else "")
         lines.append(f"| `{label(row.change)}` | {len(row.runs)} | {fmt(row.values('best'))} | "
-                     f"{fmt(row.values('final'))} | {delta} | {fmt(row.values('train_top1'))} | {minutes:.1f} | "
+                     f"{fmt(row.values('final'))} | {delta} | {fit_text} | {minutes:.1f} | "
                      f"{word} |")
     return "\n".join(lines) + "\n"
 

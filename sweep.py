@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from compare import read_run
 from config import build, deep_merge, load_config, nest, parse_overrides, read_yaml_chain, save_config
 from data import load_split
 from runtime import ConfigError, UserError, cli, make_dir, mix_seed, process_alive, write_text
@@ -238,6 +239,9 @@ def objective_for(base: str, sw: SweepConfig, cli: list[str], sweep_dir: str):
         trial.set_user_attr("minutes", (time.time() - t0) / 60)
         trial.set_user_attr("epochs", result["epochs"])
         trial.set_user_attr("final_val_top1", result["final_val_top1"])
+        # The per-epoch metrics, so a study carried to another machine still holds every run's curve.
+        record = read_run(run_dir)
+        trial.set_user_attr("history", record["history"] if record else [])
         if result["best_val_top1"] is None:
             raise ConfigError("sweeps select on validation: set data.val_fraction > 0")
         return result["best_val_top1"]

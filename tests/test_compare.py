@@ -66,3 +66,19 @@ def test_a_one_change_grid_is_grouped_and_compared_as_by_hand(tmp_path, capsys):
     assert (docs / "comparisons.png").read_bytes()[:4] == b"\x89PNG"
     assert report.main(argv) == 0 and "(0 new)" in capsys.readouterr().out
     assert compare.main([str(sweep_dir)]) == 0 and "`model.dropout=0.0`" in capsys.readouterr().out
+
+    # A study carried to a new machine: a finished trial's run folder (and record) is gone; its record is
+    # rebuilt from the study, with the same config and per-epoch curve, and no training-split top-1.
+    import shutil
+    lost = json.loads((res / "comparisons" / "g-trial-0001.json").read_text())
+    shutil.rmtree(sweep_dir / "trial-0001")
+    (res / "comparisons" / "g-trial-0001.json").unlink()
+    storage = f"journal:{tmp_path / 'j'}"
+    assert report.recover_from_study(storage, str(tmp_path / "g.yaml"), [], str(res / "comparisons")) == 1
+    back = json.loads((res / "comparisons" / "g-trial-0001.json").read_text())
+    assert back["config"] == lost["config"] and back["train_top1"] is None and back["recovered_from"] == storage
+    assert [e["val_top1"] for e in back["history"]] == [e["val_top1"] for e in lost["history"]]
+    assert report.recover_from_study(storage, str(tmp_path / "g.yaml"), [], str(res / "comparisons")) == 0
+    row = next(r for r in compare.group([json.loads(p.read_text()) for p in (res / "comparisons").iterdir()])
+               if any(r_["config"]["run_dir"].endswith("trial-0001") for r_ in r.runs))
+    assert "(n=1)" in compare.table([row])  # the row's train-split column averages the one run that has it
