@@ -340,16 +340,15 @@ def main(argv: list[str] | None = None) -> int:
                     metavar="SWEEP_DIR", help="instead: regenerate REPORT.md's comparisons section from the grid's "
                                               "records (new finished runs in SWEEP_DIR are recorded first)")
     ap.add_argument("--storage", default="", metavar="URL",
-                    help="with --comparisons: the grid's Optuna storage, whose finished trials without a run "
-                         "folder (lost with a machine) are recorded from the study (default: "
-                         "journal:RESULTS/comparisons/optuna.journal when that file exists)")
+                    help="with --comparisons: the grid's study, to record finished trials whose run folders "
+                         "are gone (default: RESULTS/comparisons/optuna.journal if it exists)")
     ap.add_argument("--health", nargs="+", metavar="LABEL=RUN_DIR",
                     help="instead: draw these runs' first-epoch layer health and conv1 filters side by side "
                          "(docs/layer_health.png)")
     ap.add_argument("overrides", nargs="*", default=[], metavar="key=value")
     args = ap.parse_args(argv)
-    return cli(lambda: run_comparisons(args) if args.comparisons else run_health(args) if args.health
-               else run_report(args))
+    mode = run_comparisons if args.comparisons else run_health if args.health else run_report
+    return cli(lambda: mode(args))
 
 
 def run_health(args) -> int:
