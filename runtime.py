@@ -219,7 +219,6 @@ def atomic_write(path: str, write: Callable[[str], None]) -> None:
             pass
 
 
-
 def save_figure(fig, path: str) -> None:
     """Lay out a matplotlib figure, write it as a PNG atomically, and close it (also on failure)."""
     import matplotlib.pyplot as plt
@@ -229,6 +228,7 @@ def save_figure(fig, path: str) -> None:
         atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
     finally:
         plt.close(fig)
+
 
 def remove_stale_temps(folder: str) -> list[str]:
     """Delete `*.tmpPID` files in `folder` left by atomic_write in processes that are gone (kill -9, a crash)."""

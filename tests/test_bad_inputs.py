@@ -116,6 +116,15 @@ case("evaluate-dir-without-best", "evaluate", "best.pt", "last.pt")(lambda tmp, 
 case("evaluate-foreign", "evaluate", "not an alexnet-lab")(lambda tmp, ckpt: [save(tmp / "f.pt", {"state_dict": {}})])
 case("evaluate-pickle", "evaluate", "pickle")(lambda tmp, ckpt: [write(tmp / "evil.pt", pickle.dumps(os.getcwd))])
 case("evaluate-json-missing-dir", "evaluate", "nodir")(lambda tmp, ckpt: [ckpt, "--json", str(tmp / "nodir" / "e.json")])
+
+
+@case("evaluate-png-blocked", "evaluate", "confusion_val.png")
+def png_blocked(tmp, ckpt):  # the confusion PNG beside the checkpoint cannot be written (a folder in its place)
+    write(tmp / "c" / "last.pt", open(ckpt, "rb").read())
+    (tmp / "c" / "confusion_val.png").mkdir()
+    return [str(tmp / "c" / "last.pt")]
+
+
 case("evaluate-other-classes", "evaluate", "classes")(lambda tmp, ckpt: [ckpt, "data.synthetic_classes=5"])
 case("evaluate-bad-override", "evaluate", "data.nme")(lambda tmp, ckpt: [ckpt, "data.nme=x"])
 
