@@ -116,14 +116,42 @@ def test_pruner_warm_up_spares_early_epochs_and_early_trials(make_sweep):
         sweep.load_sweep(bad)
 
 
-def test_two_workers_share_one_study(make_sweep, tmp_path):
+def test_two_workers_share_one_study_and_a_dead_worker_is_reported(make_sweep, tmp_path, capsys):
+    import signal
+    import threading
+    import time
+
+    from optuna.trial import TrialState
+
     path, storage = make_sweep({"space": {"model.dropout": {"type": "float", "low": 0.0, "high": 0.5}},
-                                "sampler": "random", "pruner": "none"}, "w")
-    assert sweep.main(["--config", path, "--storage", storage, "--trials", "3", "--workers", "2"]) == 0
+                                "sampler": "random", "pruner": "none", "overrides": {"train.epochs": 3}}, "w")
+    killed = []
+
+    def kill_one_worker_mid_trial():  # kill -9 of one worker once its trial is training
+        deadline = time.time() + 120
+        while time.time() < deadline and not killed:
+            try:
+                for t in trials(storage, "w"):
+                    if t.state == TrialState.RUNNING and t.intermediate_values and "owner" in t.user_attrs:
+                        os.kill(int(t.user_attrs["owner"].rpartition(":")[2]), signal.SIGKILL)
+                        killed.append(t.number)
+                        break
+            except Exception:  # the study is not created yet
+                pass
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_one_worker_mid_trial)
+    killer.start()
+    status = sweep.main(["--config", path, "--storage", storage, "--trials", "4", "--workers", "2"])
+    killer.join()
+    assert killed, "no trial was caught training"
+    err = capsys.readouterr().err
+    assert status == 1 and "died" in err and f"trials [{killed[0]}]" in err, err
     ts = trials(storage, "w")
-    assert len(ts) == 3 and all(t.state.name == "COMPLETE" for t in ts)
-    assert sorted(t.number for t in ts) == [0, 1, 2]
-    assert len({t.user_attrs["run_dir"] for t in ts}) == 3
+    assert ts[killed[0]].state == TrialState.FAIL and not [t for t in ts if t.state == TrialState.RUNNING]
+    done = [t for t in ts if t.state == TrialState.COMPLETE]
+    assert len(done) == 2 and len({t.user_attrs["run_dir"] for t in done}) == 2  # the other worker's share ran
+    assert all(len(t.user_attrs["history"]) == 3 for t in done)  # each curve is kept in the study
 
 
 def test_bad_space_key_fails_before_any_trial(make_sweep, capsys):
