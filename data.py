@@ -158,7 +158,12 @@ def _cached(cfg: DataConfig, tag: str, files: list[tuple[str, int]], classes: li
     if os.path.isfile(cache):
         try:
             blob = torch.load(cache, weights_only=True)
-            if blob.get("signature") == signature:
+            labels = [lab for _, lab in files]
+            # The signature says which files; the content must also be what they decode to in shape and
+            # labels (a cache overwritten or damaged in place is rebuilt rather than trusted).
+            if (blob.get("signature") == signature and blob["images"].dtype == torch.uint8
+                    and tuple(blob["images"].shape) == (len(files), size, size, 3)
+                    and blob["labels"].tolist() == labels):
                 return ImageSet(blob["images"], blob["labels"], list(blob["classes"]))
         except Exception:  # a truncated or stale cache is rebuilt, never trusted
             pass

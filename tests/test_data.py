@@ -45,6 +45,14 @@ def test_image_folder_loader_and_cache(tmp_path, monkeypatch):
     assert torch.equal(D.load_split(cfg, "train").images, train.images)
     monkeypatch.undo()
 
+    # A cache whose content disagrees with its signature (damaged in place) is rebuilt, not trusted.
+    cache = next((tmp_path / "cache").glob("folder-train-*.pt"))
+    blob = torch.load(cache, weights_only=True)
+    torch.save({**blob, "images": blob["images"][:3]}, cache)
+    assert torch.equal(D.load_split(cfg, "train").images, train.images)
+    torch.save({**blob, "labels": torch.zeros(9, dtype=torch.long)}, cache)
+    assert D.load_split(cfg, "train").labels.tolist() == [0] * 5 + [1] * 4
+
     # Changing a file invalidates the cache.
     write_images(root / "train" / "dog", 1, seed=99, fmt="PNG", ext=".png")
     changed = D.load_split(cfg, "train")
@@ -52,7 +60,7 @@ def test_image_folder_loader_and_cache(tmp_path, monkeypatch):
     assert torch.equal(changed.images[6:], train.images[6:])
 
 
-def test_image_folder_errors(tmp_path):
+def test_image_folder_errors(tmp_path, monkeypatch):
     cfg = DataConfig(name="folder", root=str(tmp_path / "nowhere"), cache_dir=str(tmp_path / "c"))
     with pytest.raises(D.DataError, match="data.root"):
         D.load_split(cfg, "train")
@@ -64,6 +72,11 @@ def test_image_folder_errors(tmp_path):
     (bad / "0.jpg").write_bytes(b"not a jpeg")
     with pytest.raises(D.DataError, match="cannot decode"):
         D.load_split(DataConfig(name="folder", root=str(tmp_path / "bad"), cache_dir=str(tmp_path / "c")), "train")
+    # A decompression bomb (more pixels than PIL's limit allows; the limit lowered so the image stays small).
+    write_images(tmp_path / "bomb" / "train" / "a", 1)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10)
+    with pytest.raises(D.DataError, match="cannot decode.*remove or replace"):
+        D.load_split(DataConfig(name="folder", root=str(tmp_path / "bomb"), cache_dir=str(tmp_path / "c")), "train")
 
 
 def test_tinyimagenet_official_layout(tmp_path):
