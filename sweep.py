@@ -11,6 +11,7 @@ Rerunning the same command resumes the study; a finished grid runs nothing again
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import multiprocessing
@@ -172,9 +173,9 @@ def make_storage(url: str):
 def make_study(sw: SweepConfig, storage_url: str, seed: int):
     import optuna
 
-    if sw.sampler == "grid":
-        sampler = optuna.samplers.GridSampler(grid_space(sw), seed=seed)
-    elif sw.sampler == "random":
+    # A grid's trials all come from its queue (queue_missing_points), so its sampler only has to exist:
+    # Optuna's GridSampler keys points by a seeded shuffle, which differs between seeds, workers and runs.
+    if sw.sampler in ("grid", "random"):
         sampler = optuna.samplers.RandomSampler(seed=seed)
     else:
         sampler = optuna.samplers.TPESampler(seed=seed)
@@ -221,6 +222,10 @@ def objective_for(base: str, sw: SweepConfig, cli: list[str], sweep_dir: str):
     def objective(trial) -> float:
         # First, so a kill at any later point leaves a trial heal_stale_trials can tell is orphaned.
         trial.set_user_attr("owner", f"{socket.gethostname()}:{os.getpid()}")
+        if sw.sampler == "grid" and "fixed_params" not in trial.storage.get_trial_system_attrs(trial._trial_id):
+            trial.set_user_attr("fail_reason", "no grid point left: another worker took the last one")
+            trial.study.stop()
+            raise optuna.TrialPruned()
         values = suggest(trial, sw)
         run_dir = os.path.join(sweep_dir, f"trial-{trial.number:04d}")
         t0 = time.time()
@@ -249,12 +254,11 @@ def objective_for(base: str, sw: SweepConfig, cli: list[str], sweep_dir: str):
     return objective
 
 
-def heal_stale_trials(study, grid: bool, other_hosts: bool = False) -> list[int]:
+def heal_stale_trials(study, other_hosts: bool = False) -> list[int]:
     """Mark FAIL the trials left RUNNING by a process of this host that is gone (kill -9, a crash, a power
     cut), so the study does not wait on them forever; with `other_hosts`, also every RUNNING trial of
     another machine (the user's word that it is gone: a study carried to a new machine). A grid queues
-    each such point again (with its grid id); a search does not, so it never proposes a point twice."""
-    import optuna
+    such a point again on its next start (queue_missing_points); a search never proposes a point twice."""
     from optuna.trial import TrialState
 
     healed = []
@@ -262,17 +266,32 @@ def heal_stale_trials(study, grid: bool, other_hosts: bool = False) -> list[int]
         host, _, pid = str(t.user_attrs.get("owner", "")).rpartition(":")
         mine = host == socket.gethostname()
         if (mine and pid.isdigit() and not process_alive(int(pid))) or (other_hosts and host and not mine):
-            try:
-                study.tell(t.number, state=TrialState.FAIL)
-            except RuntimeError as e:  # GridSampler stops a grid this completes, refused outside optimize();
-                if "stop" not in str(e):  # Optuna has stored the FAIL by then (tell writes it in a finally)
-                    raise
-            if grid:  # queue the point again; its system attrs carry the grid id GridSampler reads
-                study.add_trial(optuna.create_trial(
-                    state=TrialState.WAITING, params=t.params, distributions=t.distributions,
-                    system_attrs=t.system_attrs, user_attrs={"retry_of": t.number}))
+            study.tell(t.number, state=TrialState.FAIL)
             healed.append(t.number)
     return healed
+
+
+def queue_missing_points(study, sw: SweepConfig) -> int:
+    """A grid is a queue of its points, keyed by their values: every point that no trial has finished, is
+    running or waits for is queued. Waiting trials without values (queued by grid id, as this file did
+    before) are failed: their point depends on the sampler's shuffle, so they could repeat a finished one."""
+    from optuna.trial import TrialState
+
+    space = grid_space(sw)
+    taken = []
+    for t in study.get_trials(deepcopy=False):
+        values = {**t.system_attrs.get("fixed_params", {}), **t.params}
+        if t.state == TrialState.WAITING and not values:
+            study._storage.set_trial_user_attr(t._trial_id, "fail_reason", "queued by grid id (old sweep.py); "
+                                               "its point is queued again by value")
+            study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
+        elif t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING):
+            taken.append({k: values.get(k) for k in space})
+    points = [dict(zip(space, values)) for values in itertools.product(*space.values())]
+    missing = [p for p in points if p not in taken]
+    for point in missing:
+        study.enqueue_trial(point, skip_if_exists=False)
+    return len(missing)
 
 
 def run_worker(config_path: str, cli: list[str], storage_url: str, study: str, trials: int, target: int,
@@ -280,6 +299,7 @@ def run_worker(config_path: str, cli: list[str], storage_url: str, study: str, t
     """One optimisation process (the parent itself, or a spawned worker); stops at `target` trials in the study."""
     import optuna
     import torch
+    from optuna.trial import TrialState
 
     if threads:
         torch.set_num_threads(threads)
@@ -287,7 +307,9 @@ def run_worker(config_path: str, cli: list[str], storage_url: str, study: str, t
     sw.study = study
     st = make_study(sw, storage_url, seed)
     sweep_dir = os.path.join(trial_config(base, sw, cli, {}).out_dir, "sweeps", study)
-    callbacks = [optuna.study.MaxTrialsCallback(target, states=None)]
+    # Queued trials count once they start: a worker stops when the study holds `target` started trials.
+    started = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)
+    callbacks = [optuna.study.MaxTrialsCallback(target, states=started)]
     st.optimize(objective_for(base, sw, cli, sweep_dir), n_trials=trials, timeout=timeout or None,
                 catch=(Exception,), callbacks=callbacks, gc_after_trial=True)
     write_outputs(st, sw, base, cli, sweep_dir)  # whoever finishes last leaves the complete table
@@ -400,17 +422,16 @@ def trials_to_run(study, sw: SweepConfig, requested: int | None) -> int:
 
     if sw.sampler != "grid":
         return requested if requested is not None else sw.trials
-    waiting = sum(1 for t in study.trials if t.state == TrialState.WAITING)  # killed points queued again
-    if not waiting and study.sampler.is_exhausted(study):
+    queue_missing_points(study, sw)
+    waiting = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+    if not waiting:
         print(f"grid `{sw.study}` is complete; nothing to run", file=sys.stderr)
-        return 0
-    remaining = math.prod(len(v) for v in sw.grid.values()) - sum(1 for t in study.trials if t.state.is_finished())
-    remaining += waiting
-    return max(0, remaining if requested is None else min(remaining, requested))
+    return waiting if requested is None else min(waiting, requested)
 
 
 def run_sweep(args) -> int:
     import optuna
+    from optuna.trial import TrialState
 
     for flag, value, ok in (("--trials", args.trials, args.trials is None or args.trials >= 0),
                             ("--timeout", args.timeout, args.timeout is None or args.timeout >= 0),
@@ -426,7 +447,7 @@ def run_sweep(args) -> int:
     sweep_dir = os.path.join(cfg0.out_dir, "sweeps", sw.study)
     load_split(cfg0.data, "train")  # fail fast (and fill the folder cache once) before any trial
     study = make_study(sw, storage, args.seed)
-    healed = heal_stale_trials(study, sw.sampler == "grid", args.heal_other_hosts)
+    healed = heal_stale_trials(study, args.heal_other_hosts)
     if healed:
         print(f"trials {healed} were left RUNNING by a process that is gone; marked FAIL", file=sys.stderr)
     trials = trials_to_run(study, sw, args.trials)
@@ -434,7 +455,7 @@ def run_sweep(args) -> int:
     so_far = f"{len(study.trials)} trials so far" if study.trials else "new study"
     print(f"study `{sw.study}` in {storage}: {so_far}, running up to {trials} more "
           f"with {args.workers} worker(s); runs under {sweep_dir}", file=sys.stderr)
-    target = len(study.trials) + trials
+    target = sum(1 for t in study.trials if t.state != TrialState.WAITING) + trials
     # A resumed study must not replay the first invocation's proposals: the sampler seed moves with it.
     seed = mix_seed(args.seed, len(study.trials)) % 2**31
     procs = []
@@ -460,7 +481,7 @@ def run_sweep(args) -> int:
                 p.terminate()
                 p.join()
     study = optuna.load_study(study_name=sw.study, storage=make_storage(storage))
-    lost = heal_stale_trials(study, sw.sampler == "grid")
+    lost = heal_stale_trials(study)
     print(write_outputs(study, sw, base, args.overrides, sweep_dir))
     print(f"results: {os.path.join(sweep_dir, 'results.md')}", file=sys.stderr)
     dead = [i for i, p in enumerate(procs) if p.exitcode not in (0, None)]

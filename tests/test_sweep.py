@@ -280,3 +280,24 @@ def test_trials_another_machine_left_running_are_healed_only_when_asked(make_swe
     ts = trials(storage, "h")
     assert not [t for t in ts if t.state == TrialState.RUNNING]
     assert sorted(t.params["model.dropout"] for t in ts if t.state == TrialState.COMPLETE) == [0.0, 0.5]
+
+
+def test_a_grid_resumed_with_another_seed_runs_each_missing_point_once(make_sweep):
+    """Grid points are keyed by their values: Optuna's GridSampler keyed them by a shuffle that moved with
+    the sampler seed, so a resumed grid repeated finished points and skipped others (the seed-comparison
+    grid ran 4 points twice). A waiting trial queued by grid id alone (the old requeue) is failed, not run."""
+    from optuna.trial import TrialState
+
+    path, storage = make_sweep({"grid": {"model.dropout": [0.0, 0.25, 0.5], "seed": [0, 1]}, "pruner": "none"}, "r")
+    assert sweep.main(["--config", path, "--storage", storage, "--trials", "2", "--seed", "0"]) == 0
+    study = optuna.load_study(study_name="r", storage=sweep.make_storage(storage))
+    for t in study.get_trials(states=(TrialState.WAITING,)):  # an old invocation's leftovers: forget them
+        study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
+    study.add_trial(optuna.trial.create_trial(state=TrialState.WAITING, system_attrs={"grid_id": 0}))
+    assert sweep.main(["--config", path, "--storage", storage, "--seed", "7"]) == 0
+    ts = trials(storage, "r")
+    done = sorted((t.params["model.dropout"], t.params["seed"]) for t in ts if t.state == TrialState.COMPLETE)
+    assert done == [(d, s) for d in (0.0, 0.25, 0.5) for s in (0, 1)]  # every point, none twice
+    assert "grid id" in [t for t in ts if not t.params and t.state == TrialState.FAIL][-1].user_attrs["fail_reason"]
+    assert sweep.main(["--config", path, "--storage", storage, "--seed", "3"]) == 0
+    assert len(trials(storage, "r")) == len(ts)  # a finished grid runs nothing again
