@@ -101,7 +101,11 @@ def group(records: list[dict], base: dict | None = None) -> list[Row]:
     rows: dict[str, tuple[dict, list[dict]]] = {}
     for r, f in zip(records, flats):
         change = {k: f.get(k) for k in keys if json.dumps(f.get(k)) != ref[k]}
-        rows.setdefault(json.dumps(change, sort_keys=True), (change, []))[1].append(r)
+        runs = rows.setdefault(json.dumps(change, sort_keys=True), (change, []))[1]
+        # A second run of the same recipe and seed repeats a measurement (training is seeded): counting it
+        # would inflate n and shrink the spread, so a row keeps one run per seed.
+        if all(other["config"].get("seed") != f.get("seed") for other in runs):
+            runs.append(r)
     return sorted((Row(change, runs) for change, runs in rows.values()),
                   key=lambda row: (bool(row.change), label(row.change)))
 

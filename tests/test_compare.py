@@ -27,6 +27,8 @@ def test_a_one_change_grid_is_grouped_and_compared_as_by_hand(tmp_path, capsys):
     rows = compare.group(list(runs.values()))
     assert [r.change for r in rows] == [{}, {"model.activation": "gelu", "optim.lr": 0.02}, {"model.dropout": 0.0}]
     assert all(sorted(r["config"]["seed"] for r in row.runs) == [0, 1] for row in rows)
+    again = dict(next(iter(runs.values())), run_dir="elsewhere")  # the same recipe and seed run twice
+    assert [len(r.runs) for r in compare.group([*runs.values(), again])] == [2, 2, 2]  # counted once
 
     def by_hand(change):  # final val top-1 per seed, read straight from metrics.jsonl
         finals = []
