@@ -144,7 +144,7 @@ def table(rows: list[Row]) -> str:
     """The markdown comparison table (the base first; differences are against it). Until a run of the base
     itself has finished (an unfinished grid), no row has a difference."""
     lines = ["| change | n | best val top-1 | final val top-1 | Δ final vs base (± SE) | train top-1 (final) "
-             "| minutes | verdict |", "|---|---|---|---|---|---|---|---|"]
+             "| minutes | verdict | precision |", "|---|---|---|---|---|---|---|---|---|"]
     base = rows[0] if not rows[0].change else None
     for row in rows:
         if base is None or row is base:
@@ -158,8 +158,14 @@ def table(rows: list[Row]) -> str:
         fit_text = fmt(fit) + (f" (n={len(fit)})" if fit and len(fit) < len(row.runs) else "")
         lines.append(f"| `{label(row.change)}` | {len(row.runs)} | {fmt(row.values('best'))} | "
                      f"{fmt(row.values('final'))} | {delta} | {fit_text} | {minutes:.1f} | "
-                     f"{word} |")
+                     f"{word} | {precisions(row)} |")
     return "\n".join(lines) + "\n"
+
+
+def precisions(row: Row) -> str:
+    """How the row's runs computed (float32, bfloat16, ...): minutes, and at the margin accuracy, depend on it."""
+    seen = sorted({e.get("precision", "not recorded") for r in row.runs for e in r["history"]})
+    return ", ".join(seen)
 
 
 def train_split_top1(run_dir: str) -> float | None:

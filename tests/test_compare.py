@@ -47,6 +47,7 @@ def test_a_one_change_grid_is_grouped_and_compared_as_by_hand(tmp_path, capsys):
     text = compare.table(rows)
     line = next(ln for ln in text.splitlines() if "gelu" in ln)
     assert f"{statistics.mean(g):.4f} ± {statistics.stdev(g):.4f}" in line and f"{diff:+.4f} ± {se:.4f}" in line
+    assert line.endswith(f"| {runs[next(iter(runs))]['history'][0]['precision']} |")  # how the runs computed
     assert compare.verdict(0.05, 0.02) == "better" and compare.verdict(-0.05, 0.02) == "worse"
     assert compare.verdict(0.03, 0.02) == "" and compare.verdict(0.5, None) == ""
     assert compare.table(rows[1:]).count("no base run yet") == 2  # a grid whose base has not finished yet
