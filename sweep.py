@@ -236,7 +236,9 @@ def objective_for(base: str, sw: SweepConfig, cli: list[str], sweep_dir: str):
         except optuna.TrialPruned:
             trial.set_user_attr("minutes", (time.time() - t0) / 60)
             raise
-        except BaseException as e:  # NaN, OOM, bad values: recorded, the study goes on (Ctrl-C re-raised)
+        except KeyboardInterrupt:  # no reason recorded: an interrupted grid point is queued again
+            raise
+        except BaseException as e:  # NaN, OOM, bad values: recorded, the study goes on
             reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
             trial.set_user_attr("fail_reason", reason)
             trial.set_user_attr("minutes", (time.time() - t0) / 60)
@@ -273,8 +275,10 @@ def heal_stale_trials(study, other_hosts: bool = False) -> list[int]:
 
 def queue_missing_points(study, sw: SweepConfig) -> int:
     """A grid is a queue of its points, keyed by their values: every point that no trial has finished, is
-    running or waits for is queued. Waiting trials without values (queued by grid id, as this file did
-    before) are failed: their point depends on the sampler's shuffle, so they could repeat a finished one."""
+    running or waits for is queued. A trial that failed with a reason (diverged, bad values) finished its
+    point; one failed without (interrupted, or its process died) did not. Waiting trials without values
+    (queued by grid id, as this file did before) are failed: their point depends on the sampler's shuffle,
+    so they could repeat a finished one."""
     from optuna.trial import TrialState
 
     space = grid_space(sw)
@@ -285,7 +289,7 @@ def queue_missing_points(study, sw: SweepConfig) -> int:
             study._storage.set_trial_user_attr(t._trial_id, "fail_reason", "queued by grid id (old sweep.py); "
                                                "its point is queued again by value")
             study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
-        elif t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING):
+        elif t.state != TrialState.FAIL or "fail_reason" in t.user_attrs:
             taken.append({k: values.get(k) for k in space})
     points = [dict(zip(space, values)) for values in itertools.product(*space.values())]
     missing = [p for p in points if p not in taken]

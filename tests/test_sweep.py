@@ -66,6 +66,8 @@ def test_failing_trial_is_recorded_and_the_study_goes_on(make_sweep, tmp_path):
     assert states[1.0e12].state.name == "FAIL" and "NaN" in states[1.0e12].user_attrs["fail_reason"]
     assert states[0.05].state.name == "COMPLETE"
     assert "TrainingDiverged" in (tmp_path / "runs" / "sweeps" / "f" / "results.md").read_text()
+    assert sweep.main(["--config", path, "--storage", storage]) == 0
+    assert len(trials(storage, "f")) == 2  # a point that failed with a reason is done: not run again
 
 
 def test_pruning_prunes_hopeless_trials(make_sweep):
