@@ -282,6 +282,12 @@ def queue_missing_points(study, sw: SweepConfig) -> int:
     from optuna.trial import TrialState
 
     space = grid_space(sw)
+    for t in study.get_trials(deepcopy=False):
+        for key, dist in t.distributions.items():  # Optuna refuses a parameter whose choices change
+            if key in space and list(getattr(dist, "choices", space[key])) != space[key]:
+                raise ConfigError(f"grid `{key}` of study `{sw.study}` was {list(dist.choices)}, the file now says "
+                                  f"{space[key]}; Optuna cannot change a study's values: run the new grid as a "
+                                  f"new study (--study NAME)")
     taken = []
     for t in study.get_trials(deepcopy=False):
         values = {**t.system_attrs.get("fixed_params", {}), **t.params}

@@ -303,3 +303,6 @@ def test_a_grid_resumed_with_another_seed_runs_each_missing_point_once(make_swee
     assert "grid id" in [t for t in ts if not t.params and t.state == TrialState.FAIL][-1].user_attrs["fail_reason"]
     assert sweep.main(["--config", path, "--storage", storage, "--seed", "3"]) == 0
     assert len(trials(storage, "r")) == len(ts)  # a finished grid runs nothing again
+    grown, _ = make_sweep({"grid": {"model.dropout": [0.0, 0.25, 0.5], "seed": [0, 1, 2]}, "pruner": "none"}, "r")
+    assert sweep.main(["--config", grown, "--storage", storage]) == 2  # one line: a new study, not a traceback
+    assert len(trials(storage, "r")) == len(ts)
