@@ -168,7 +168,7 @@ def test_shipped_sweep_files_validate():
     import glob
 
     ablations = sorted(os.path.basename(f)[:-5] for f in glob.glob("configs/ablations/*.yaml")
-                       if not f.endswith("seed_comparisons.yaml"))
+                       if "seed_comparisons" not in f)
     # One per comparison the lab exists for: each varies what its name says, over seeds 0-2.
     varies = {"activation": "model.activation", "augmentation": "data", "dropout": "model.dropout",
               "head": "model.head", "init": "model.init", "normalisation": "model.norm", "optimizer": "optim",
@@ -191,6 +191,8 @@ def test_shipped_sweep_files_validate():
     flat_best = {f"{s}.{k}": v for s, sec in best.items() if isinstance(sec, dict) for k, v in sec.items()}
     assert all(all(flat_best[k] != v for k, v in var.items()) for var in variants[1:])  # each a real change
     assert all(len({k.split(".")[0] for k in var}) == 1 for var in variants[1:])  # within one concern
+    third, _ = sweep.load_sweep("configs/ablations/seed_comparisons_seed2.yaml")  # its third seed: same rows
+    assert third.grid == {"variant": variants, "seed": [2]} and third.overrides == sw.overrides
     files = glob.glob("configs/ablations/*.yaml") + ["configs/sweep.yaml", "configs/sweep_quickstart.yaml"]
     for f in files:
         sw, base = sweep.load_sweep(f)
