@@ -228,6 +228,10 @@ def objective_for(base: str, sw: SweepConfig, cli: list[str], sweep_dir: str):
             raise optuna.TrialPruned()
         values = suggest(trial, sw)
         run_dir = os.path.join(sweep_dir, f"trial-{trial.number:04d}")
+        for i in itertools.count(2):  # a study of the same name before (deleted, or in other storage) ran here
+            if not os.path.exists(run_dir):
+                break
+            run_dir = os.path.join(sweep_dir, f"trial-{trial.number:04d}-{i}")
         t0 = time.time()
         trial.set_user_attr("run_dir", run_dir)
         try:

@@ -230,6 +230,15 @@ class RunLog:
         return os.path.join(self.run_dir, name)
 
 
+def check_run_dir_is_free(cfg: Config) -> None:
+    """A new run never writes into a folder that holds another run: its metrics would mix two runs' curves
+    and its checkpoints would be overwritten."""
+    held = [f for f in ("metrics.jsonl", "last.pt") if cfg.run_dir and os.path.exists(os.path.join(cfg.run_dir, f))]
+    if held:
+        raise ConfigError(f"run_dir {cfg.run_dir} already holds a run ({held[0]}); continue it with --resume "
+                          f"{os.path.join(cfg.run_dir, 'last.pt')}, or give this run another run_dir")
+
+
 def make_run_dir(cfg: Config) -> str:
     if cfg.run_dir:
         return make_dir(cfg.run_dir)
@@ -560,6 +569,8 @@ def train(cfg: Config, trial=None, resume: str | None = None) -> dict:
     if ckpt is not None:
         cfg.run_dir = os.path.dirname(os.path.abspath(resume))
         check_resume(ckpt, cfg, resume)
+    else:
+        check_run_dir_is_free(cfg)
     torch.manual_seed(cfg.seed)
 
     data = load_data(cfg.data, rt.device)

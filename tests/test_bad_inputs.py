@@ -98,6 +98,7 @@ case("cache-dir-is-a-file", "train", "cachefile")(
 # -- outputs ---------------------------------------------------------------------------------------------
 case("out-dir-is-a-file", "train", "outfile")(lambda tmp, ckpt: tiny(tmp) + [f"out_dir={write(tmp / 'outfile', 'x')}"])
 case("run-dir-is-a-file", "train", "runfile")(lambda tmp, ckpt: tiny(tmp, f"run_dir={write(tmp / 'runfile', 'x')}"))
+case("run-dir-holds-a-run", "train", "run_dir", "--resume")(lambda tmp, ckpt: tiny(tmp, f"run_dir={os.path.dirname(ckpt)}"))
 case("out-dir-under-proc", "train", "/proc/")(lambda tmp, ckpt: tiny(tmp) + ["out_dir=/proc/alexnet-runs"])
 
 # -- checkpoints and resume ------------------------------------------------------------------------------

@@ -191,8 +191,9 @@ def test_shipped_sweep_files_validate():
     flat_best = {f"{s}.{k}": v for s, sec in best.items() if isinstance(sec, dict) for k, v in sec.items()}
     assert all(all(flat_best[k] != v for k, v in var.items()) for var in variants[1:])  # each a real change
     assert all(len({k.split(".")[0] for k in var}) == 1 for var in variants[1:])  # within one concern
-    third, _ = sweep.load_sweep("configs/ablations/seed_comparisons_seed2.yaml")  # its third seed: same rows
-    assert third.grid == {"variant": variants, "seed": [2]} and third.overrides == sw.overrides
+    third, _ = sweep.load_sweep("configs/ablations/seed_comparisons_seed2.yaml")  # a third seed for some rows
+    assert third.grid["seed"] == [2] and third.overrides == sw.overrides and third.base == sw.base
+    assert third.grid["variant"][0] == {} and all(v in variants for v in third.grid["variant"])
     files = glob.glob("configs/ablations/*.yaml") + ["configs/sweep.yaml", "configs/sweep_quickstart.yaml"]
     for f in files:
         sw, base = sweep.load_sweep(f)
@@ -308,3 +309,9 @@ def test_a_grid_resumed_with_another_seed_runs_each_missing_point_once(make_swee
     grown, _ = make_sweep({"grid": {"model.dropout": [0.0, 0.25, 0.5], "seed": [0, 1, 2]}, "pruner": "none"}, "r")
     assert sweep.main(["--config", grown, "--storage", storage]) == 2  # one line: a new study, not a traceback
     assert len(trials(storage, "r")) == len(ts)
+    # The same study name in other storage numbers its trials from 0 again: its runs go beside, not into, ours.
+    sweep_dir = os.path.dirname(ts[0].user_attrs["run_dir"])
+    before = open(os.path.join(sweep_dir, "trial-0000", "metrics.jsonl")).read()
+    assert sweep.main(["--config", path, "--storage", storage + ".other", "--trials", "1"]) == 0
+    assert os.path.isfile(os.path.join(sweep_dir, "trial-0000-2", "last.pt"))
+    assert open(os.path.join(sweep_dir, "trial-0000", "metrics.jsonl")).read() == before

@@ -159,15 +159,21 @@ def test_resume_can_extend_epochs(tiny, tmp_path):
     assert result["epochs"] == 2 and T.load_checkpoint(result["last_checkpoint"])["epoch"] == 2
 
 
-def test_divergence_stops_with_exit_3_and_keeps_checkpoints(tiny, tmp_path, capsys):
-    run = tmp_path / "r"
-    T.train(load_config(None, tiny(f"run_dir={run}", "train.epochs=1")))
-    before = (run / "last.pt").read_bytes()
-    capsys.readouterr()
-    assert T.main(tiny(f"run_dir={run}", "optim.lr=1e12", "model.init=paper", "train.log_every=2")) == 3
+def test_divergence_stops_with_exit_3_and_keeps_checkpoints(tiny, tmp_path, capsys, monkeypatch):
+    run, saved = tmp_path / "r", {}
+    real_end_epoch = T.end_epoch
+
+    def end_epoch_then_blow_up(cfg, tr, *rest):  # epoch 1 trains and saves; epoch 2 runs at lr 1e12
+        real_end_epoch(cfg, tr, *rest)
+        saved.setdefault("last", (run / "last.pt").read_bytes())
+        for group in tr.opt.param_groups:
+            group["lr"] = 1e12
+
+    monkeypatch.setattr(T, "end_epoch", end_epoch_then_blow_up)
+    assert T.main(tiny(f"run_dir={run}", "model.init=paper", "train.log_every=2")) == 3
     err = capsys.readouterr().err
     assert "step" in err and "lr=1e+12" in err and "optim.lr" in err and "Traceback" not in err
-    assert (run / "last.pt").read_bytes() == before
+    assert (run / "last.pt").read_bytes() == saved["last"]
 
 
 def test_collapsed_network_is_flagged_and_warned_about(tiny, tmp_path, monkeypatch, capsys):
