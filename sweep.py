@@ -464,9 +464,9 @@ def run_sweep(args) -> int:
     healed = heal_stale_trials(study, args.heal_other_hosts)
     if healed:
         print(f"trials {healed} were left RUNNING by a process that is gone; marked FAIL", file=sys.stderr)
+    so_far = f"{len(study.trials)} trials so far" if study.trials else "new study"  # before a grid queues points
     trials = trials_to_run(study, sw, args.trials)
     timeout = args.timeout if args.timeout is not None else sw.timeout
-    so_far = f"{len(study.trials)} trials so far" if study.trials else "new study"
     print(f"study `{sw.study}` in {storage}: {so_far}, running up to {trials} more "
           f"with {args.workers} worker(s); runs under {sweep_dir}", file=sys.stderr)
     target = sum(1 for t in study.trials if t.state != TrialState.WAITING) + trials
