@@ -38,7 +38,8 @@ ROWS = [
     Row("cifar10_augment", "augmentation (crop + flip)", "77%"),
     Row("cifar10_dropout", "dropout 0.5", "78%"),
     Row("cifar10_aug_dropout", "augmentation + dropout", "78%"),
-    # Seed 1 collapsed in its first epoch (REPORT.md, per-row notes), so seed 2 is the second seed that trains.
+    # The seed's network since 2026-12-02 (default init, its LRN); the Kaiming/strong-LRN runs, whose seed 1
+    # collapsed, are in docs/results/superseded/. Three seeds: that recipe failed in 2 of 6 first epochs.
     Row("cifar10_best", "best: LRN + MultiStepLR [20, 30], aug + dropout", "86%", (0, 1, 2)),
     Row("cifar10_modern", "modern: BatchNorm, nesterov, cosine, label smoothing, cutout", "—", (0, 1)),
 ]
