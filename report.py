@@ -89,7 +89,7 @@ def summarise(record: dict) -> dict:
     machine = " + ".join(sorted(set(machines), key=machines.index))
     if not history:
         return {**record["summary"], "epochs": record["epochs"], "done": True, "collapsed": False, "history": [],
-                "machine": machine}
+                "machine": machine, "config": record.get("config")}
     collapsed = bool(history[-1].get("collapsed"))
     return {"epochs": record["epochs"], "history": history, "collapsed": collapsed,
             "done": collapsed or history[-1]["epoch"] >= record["epochs"],
@@ -97,7 +97,8 @@ def summarise(record: dict) -> dict:
             # Medians, so an epoch that shared the two cores with something else (a CI run, a paused
             # process) does not skew what a run costs on this machine.
             "minutes": statistics.median(r["epoch_s"] for r in history) * len(history) / 60,
-            "img_per_s": statistics.median(r["img_per_s"] for r in history), "machine": machine}
+            "img_per_s": statistics.median(r["img_per_s"] for r in history), "machine": machine,
+            "config": record.get("config")}
 
 
 def sync_records(runs: str, results: str) -> dict[tuple[str, int], dict]:
@@ -138,6 +139,23 @@ def command(row: Row, overrides: list[str]) -> str:
     return f"`python train.py --config configs/{row.config}.yaml {' '.join(DATA + overrides)}{seeds or '`'}"
 
 
+def as_override(key: str, value) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+    return f'"{key}={text}"' if isinstance(value, list) else f"{key}={text}"
+
+
+def recorded_recipe(row: Row, runs: list[dict], overrides: list[str]) -> list[str]:
+    """The overrides that turn the row's preset, as it reads today, into the recipe its records were trained
+    with: a preset changed after its runs (e.g. cifar10_net.yaml's init) must not make the command a different run."""
+    changes = {}
+    for r in runs:
+        if r["config"]:  # summary-only records (history lost) kept no config
+            preset = load_config(os.path.join("configs", f"{row.config}.yaml"),
+                                 DATA + overrides + [f"seed={r['config']['seed']}"])
+            changes.update({k: old for k, (old, _) in recipe_changes(r["config"], preset).items()})
+    return [as_override(k, v) for k, v in sorted(changes.items())]
+
+
 def table(found_runs: dict[tuple[str, int], dict], results: str, overrides: list[str]) -> str:
     lines = ["| experiment | seed's test top-1 | our best val top-1 | our final val top-1 | epochs | "
              "wall min / run | train img/s | machine, precision | command |", "|---|---|---|---|---|---|---|---|---|"]
@@ -165,7 +183,8 @@ def table(found_runs: dict[tuple[str, int], dict], results: str, overrides: list
                      f"{mean_spread([r['final'] for r in shown])} | {epochs} | "
                      f"{sum(r['minutes'] for r in shown) / len(shown):.0f} | "
                      f"{sum(r['img_per_s'] for r in shown) / len(shown):.0f} | "
-                     f"{'; '.join(sorted({r['machine'] for r in shown}))} | {command(row, overrides)} |")
+                     f"{'; '.join(sorted({r['machine'] for r in shown}))} | "
+                     f"{command(row, overrides + recorded_recipe(row, shown, overrides))} |")
     stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
     if any(not r["history"] for r in found_runs.values()):
         lines.append("\n† Only the summary of this run survives (see the \"note\" in its record): its run directory, "

@@ -121,6 +121,15 @@ def test_records_outlive_run_directories(tmp_path, tiny, capsys):
     assert report.main(args) == 0
     assert md.read_text().split(report.END)[0].rsplit("_Generated", 1)[0] == first
 
+    # A record trained before its preset changed: the command says what reproduces the record, not the preset.
+    changed = json.loads(json.dumps(record))
+    changed["config"]["model"]["dropout"], changed["config"]["sched"]["milestones"] = 0.3, [1, 2]
+    (res / "cifar10_baseline-s0.json").write_text(json.dumps(changed))
+    assert report.main(args) == 0
+    base = next(ln for ln in md.read_text().splitlines() if ln.startswith("| no augmentation"))
+    assert base.endswith(' model.dropout=0.3 "sched.milestones=[1,2]"` |'), base
+    (res / "cifar10_baseline-s0.json").write_text(json.dumps(record, indent=1) + "\n")
+
     # A retrain of the same row that has done one epoch of two leaves the finished record as it was.
     (runs / "cifar10_baseline-s0").mkdir(parents=True)
     for name in ("config.yaml", "metrics.jsonl"):
