@@ -16,7 +16,7 @@ RELEASED = sorted(glob.glob(os.path.join(os.path.dirname(os.path.dirname(os.path
 
 def test_the_two_released_recipes_are_there():
     names = [os.path.basename(p) for p in RELEASED]
-    assert any("cifar10_best" in n for n in names), names
+    assert any("cifar10_best" in n for n in names) and any("cifar10_modern" in n for n in names), names
 
 
 @pytest.mark.parametrize("path", RELEASED, ids=os.path.basename)
