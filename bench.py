@@ -19,7 +19,7 @@ import time
 import torch
 from torch import nn
 
-from config import load_config
+from config import load_config, parse_command_line
 from data import load_data, prepare, train_augment, train_batches
 from evaluate import predict
 from models import LRN, build_model, reference_lrn
@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-reference", action="store_true", help="measure our pipeline only")
     ap.add_argument("--json", metavar="FILE")
     ap.add_argument("overrides", nargs="*", default=[], metavar="key=value")
-    args = ap.parse_args(argv)
+    args = parse_command_line(ap, argv)
     return cli(lambda: bench_main(args))
 
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import yaml
 
-from config import RESUME_KEYS, flatten, load_config, to_dict
+from config import RESUME_KEYS, flatten, load_config, parse_command_line, to_dict
 from runtime import DataError, cli
 
 NOT_A_ROW = set(RESUME_KEYS) | {"seed"}  # the seed is the repeat axis; the rest say where and how a run went
@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("folders", nargs="+", help="folders holding run directories, e.g. runs/sweeps/<study>")
     ap.add_argument("--train-split", action="store_true",
                     help="also score each final model on its training images (one evaluation per run)")
-    args = ap.parse_args(argv)
+    args = parse_command_line(ap, argv)
     return cli(lambda: compare_main(args))
 
 

@@ -5,10 +5,12 @@ Every key, type and value is checked; mistakes raise ConfigError naming the key 
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import difflib
 import math
 import os
+import sys
 import typing
 from dataclasses import dataclass, field
 from typing import Any
@@ -199,6 +201,36 @@ def parse_overrides(items: list[str]) -> dict:
         out = deep_merge(out, nest(key, value))
     return out
 
+
+
+def is_override(token: str) -> bool:
+    """True for a `key=value` override of this config (`optim.lr=0.1`, `seed=1`), not an option value
+    that merely holds '=' (a report.py --health LABEL=RUN_DIR whose label is no config section)."""
+    key, sep, _ = token.partition("=")
+    return bool(sep) and key.split(".")[0] in {f.name for f in dataclasses.fields(Config)}
+
+
+def parse_command_line(ap: argparse.ArgumentParser, argv: list[str] | None, gather: tuple[str, ...] = ()):
+    """Parse options and key=value overrides given in any order (`train.py train.epochs=1 --config F`).
+    A multi-value option (`--only A B`) takes every word up to the next option, overrides too, so the
+    options named in `gather` hand theirs back; `args.overrides` keeps the command line's order (a later
+    value of the same key wins, as typed)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = ap.parse_intermixed_args(argv)
+    if not hasattr(args, "overrides"):  # compare.py: paths and options only
+        return args
+    moved = set(args.overrides)
+    for name in gather:
+        values = getattr(args, name)
+        if values is None:
+            continue
+        moved |= {v for v in values if is_override(v)}
+        kept = [v for v in values if not is_override(v)]
+        if not kept:
+            ap.error(f"argument --{name.replace('_', '-')}: expected at least one value besides key=value overrides")
+        setattr(args, name, kept)
+    args.overrides = [t for t in argv if t in moved]
+    return args
 
 # ---------------------------------------------------------------------------------------------
 # Building dataclasses strictly from plain dicts

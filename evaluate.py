@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from torch import nn
 
-from config import DataConfig, load_config
+from config import DataConfig, is_override, load_config, parse_command_line
 from data import ImageSet, Stats, carve, centre_crop, image_size, iterate, load_split, prepare
 from models import build_model
 from runtime import (CKPT_FORMAT, CheckpointError, DataError, autocast, cli, load_checkpoint, save_figure,
@@ -180,7 +180,8 @@ def checkpoint_path(path: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Evaluate an alexnet-lab checkpoint.")
-    ap.add_argument("checkpoint", help="a checkpoint file, or a run folder (scores its best.pt)")
+    ap.add_argument("overrides", nargs="+", metavar="CHECKPOINT [key=value ...]",
+                    help="a checkpoint file, or a run folder (scores its best.pt), and dotted overrides in any order")
     ap.add_argument("--split", choices=["val", "train", "test"], default="val",
                     help="val: the run's held-out split (default); train: the images it trained on, "
                          "un-augmented; test: the dataset's test split")
@@ -190,8 +191,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--filters", action="store_true",
                     help="write the conv1 filters (the paper's Figure 3) as conv1_filters.png beside the checkpoint "
                          "and exit")
-    ap.add_argument("overrides", nargs="*", default=[], metavar="key=value")
-    args = ap.parse_args(argv)
+    args = parse_command_line(ap, argv)
+    paths = [t for t in args.overrides if not is_override(t)]
+    if len(paths) != 1:
+        ap.error(f"give one checkpoint (a .pt file or a run folder) besides key=value overrides; got "
+                 f"{len(paths)}: {' '.join(paths) or 'none'}")
+    args.checkpoint = paths[0]
+    args.overrides = [t for t in args.overrides if is_override(t)]
     return cli(lambda: release_main(args) if args.release else filters_main(args) if args.filters
                else evaluate_main(args))
 

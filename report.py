@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import compare
 from compare import read_run
-from config import load_config, recipe_changes, to_dict
+from config import load_config, parse_command_line, recipe_changes, to_dict
 from runtime import ConfigError, TrainingDiverged, cli, load_checkpoint, save_figure, write_text
 from train import train
 
@@ -349,8 +349,8 @@ def run_comparisons(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Re-run the seed's CIFAR-10 table and rebuild REPORT.md.")
     ap.add_argument("--train", action="store_true", help="train missing rows and resume unfinished ones first")
-    ap.add_argument("--only", nargs="+", metavar="CONFIG", choices=[r.config for r in ROWS],
-                    help="train only these rows (the report still shows all)")
+    ap.add_argument("--only", nargs="+", metavar="CONFIG",
+                    help=f"train only these rows (the report still shows all): {', '.join(r.config for r in ROWS)}")
     ap.add_argument("--runs", default=os.path.join("runs", "report"), help="where the table's runs live")
     ap.add_argument("--results", default=os.path.join("docs", "results"),
                     help="where each run's record (per-epoch metrics, committed) is kept")
@@ -366,7 +366,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="instead: draw these runs' first-epoch layer health and conv1 filters side by side "
                          "(docs/layer_health.png)")
     ap.add_argument("overrides", nargs="*", default=[], metavar="key=value")
-    args = ap.parse_args(argv)
+    args = parse_command_line(ap, argv, gather=("only", "health"))
+    unknown = sorted(set(args.only or []) - {r.config for r in ROWS})
+    if unknown:  # checked after the overrides are gathered, so `--only cifar10_best data.root=D` is no bad choice
+        ap.error(f"argument --only: invalid choice: {', '.join(unknown)} (choose from {', '.join(r.config for r in ROWS)})")
     mode = run_comparisons if args.comparisons else run_health if args.health else run_report
     return cli(lambda: mode(args))
 

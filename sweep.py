@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from compare import read_run
-from config import build, deep_merge, load_config, nest, parse_overrides, read_yaml_chain, save_config
+from config import (build, deep_merge, load_config, nest, parse_command_line, parse_overrides, read_yaml_chain,
+                    save_config)
 from data import load_split
 from runtime import ConfigError, UserError, cli, make_dir, mix_seed, process_alive, write_text
 
@@ -426,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--heal-other-hosts", action="store_true",
                     help="mark FAIL the trials other machines left RUNNING (they are gone), so a grid re-runs them")
     ap.add_argument("overrides", nargs="*", default=[], metavar="key=value", help="applied to every trial's base config")
-    args = ap.parse_args(argv)
+    args = parse_command_line(ap, argv)
     return cli(lambda: run_sweep(args))
 
 

@@ -20,7 +20,8 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from config import Config, ConfigError, experiment_hparams, load_config, recipe_changes, save_config, to_dict
+from config import (Config, ConfigError, experiment_hparams, load_config, parse_command_line, recipe_changes,
+                    save_config, to_dict)
 from data import (DataBundle, batches_per_epoch, centre_crop, iterate, load_data, prepare, train_augment,
                   train_batches)
 from evaluate import predict, score
@@ -615,7 +616,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", help="YAML experiment config (see configs/)")
     ap.add_argument("--resume", metavar="CKPT", help="continue the run that wrote this last.pt")
     ap.add_argument("overrides", nargs="*", default=[], metavar="key=value", help="dotted overrides, e.g. optim.lr=0.01")
-    args = ap.parse_args(argv)
+    args = parse_command_line(ap, argv)
     try:
         return cli(lambda: run_cli(args))
     except KeyboardInterrupt as e:
