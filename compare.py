@@ -140,19 +140,27 @@ def fmt(xs: list[float]) -> str:
     return f"{m:.4f}" + (f" ± {sd:.4f}" if sd is not None else "")
 
 
+def base_row(rows: list[Row]) -> Row | None:
+    """The base row (rows come base first), or None while the base has no finished run."""
+    return rows[0] if rows and not rows[0].change else None
+
+
+def against_base(row: Row, base: Row | None) -> tuple[str, str]:
+    """The row's `Δ final vs base (± SE)` text and verdict ("better", "worse" or "")."""
+    if base is None or row is base:
+        return ("—" if base is not None else "no base run yet"), ""
+    diff, se = difference(row, base)
+    return f"{diff:+.4f}" + (f" ± {se:.4f}" if se is not None else " (n<2: no SE)"), verdict(diff, se)
+
+
 def table(rows: list[Row]) -> str:
     """The markdown comparison table (the base first; differences are against it). Until a run of the base
     itself has finished (an unfinished grid), no row has a difference."""
     lines = ["| change | n | best val top-1 | final val top-1 | Δ final vs base (± SE) | train top-1 (final) "
              "| minutes | verdict | precision |", "|---|---|---|---|---|---|---|---|---|"]
-    base = rows[0] if not rows[0].change else None
+    base = base_row(rows)
     for row in rows:
-        if base is None or row is base:
-            delta, word = "—" if base is not None else "no base run yet", ""
-        else:
-            diff, se = difference(row, base)
-            delta = f"{diff:+.4f}" + (f" ± {se:.4f}" if se is not None else " (n<2: no SE)")
-            word = verdict(diff, se)
+        delta, word = against_base(row, base)
         minutes = statistics.mean(row.values("minutes"))
         fit = row.values("train_top1")
         fit_text = fmt(fit) + (f" (n={len(fit)})" if fit and len(fit) < len(row.runs) else "")
@@ -160,6 +168,73 @@ def table(rows: list[Row]) -> str:
                      f"{fmt(row.values('final'))} | {delta} | {fit_text} | {minutes:.1f} | "
                      f"{word} | {precisions(row)} |")
     return "\n".join(lines) + "\n"
+
+
+def ranks(xs: list[float]) -> list[float]:
+    """Rank of each value, 1 = the largest; tied values share the mean of the ranks they span."""
+    order = sorted(range(len(xs)), key=lambda i: -xs[i])
+    out = [0.0] * len(xs)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and xs[order[j + 1]] == xs[order[i]]:
+            j += 1
+        for k in order[i:j + 1]:
+            out[k] = (i + j) / 2 + 1
+        i = j + 1
+    return out
+
+
+def spearman(xs: list[float], ys: list[float]) -> float | None:
+    """Spearman's rank correlation: Pearson's r of the (tie-averaged) ranks; None under 3 pairs or when
+    one side is all ties."""
+    if len(xs) != len(ys) or len(xs) < 3:
+        return None
+    rx, ry = ranks(xs), ranks(ys)
+    mx, my = statistics.mean(rx), statistics.mean(ry)
+    sxy = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
+    sxx, syy = sum((a - mx) ** 2 for a in rx), sum((b - my) ** 2 for b in ry)
+    return sxy / math.sqrt(sxx * syy) if sxx and syy else None
+
+
+# What the full budget says of the screening budget's verdict on a row.
+AGREEMENT = {("", ""): "agree: within noise at both", ("better", "better"): "agree", ("worse", "worse"): "agree",
+             ("", "better"): "screen missed a gain", ("", "worse"): "screen missed a loss",
+             ("better", ""): "screen's gain not borne out", ("worse", ""): "screen's loss not borne out",
+             ("better", "worse"): "reversed", ("worse", "better"): "reversed"}
+
+
+def budgets_table(screen: list[Row], full: list[Row]) -> tuple[str, float | None, int]:
+    """Each row's final top-1, Δ vs its budget's base and verdict at a screening and a full budget side by
+    side (rows matched by their change), each row's rank by mean final top-1 at both, and Spearman's rank
+    correlation of the two orderings over the rows both budgets have. Returns (markdown, rho, rows in both)."""
+    by_label = {label(r.change): r for r in screen}
+    both = [(by_label[label(r.change)], r) for r in full if label(r.change) in by_label]
+    means = [(statistics.mean(s.values("final")), statistics.mean(f.values("final"))) for s, f in both]
+    rank_s, rank_f = ranks([m[0] for m in means]), ranks([m[1] for m in means])
+    rank_of = {label(f.change): (a, b) for (_, f), a, b in zip(both, rank_s, rank_f)}
+    lines = ["| change | screen: final val top-1 | screen: Δ vs base (± SE) | screen verdict | full: final val "
+             "top-1 | full: Δ vs base (± SE) | full verdict | rank screen / full | the full budget says |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    sb, fb = base_row(screen), base_row(full)
+    for row in full + [r for r in screen if label(r.change) not in {label(f.change) for f in full}]:
+        name = label(row.change)
+        s, f = by_label.get(name), (row if row in full else None)
+        cells = []
+        for r, b in ((s, sb), (f, fb)):
+            if r is None:
+                cells += ["not run", "", ""]
+                continue
+            delta, word = against_base(r, b)
+            cells += [f"{fmt(r.values('final'))} (n={len(r.runs)})", delta, word or "—"]
+        pair = rank_of.get(name)
+        rank = f"{pair[0]:g} / {pair[1]:g}" if pair else "—"
+        judged = (s is not None and f is not None and sb is not None and fb is not None and s is not sb
+                  and None not in (difference(s, sb)[1], difference(f, fb)[1]))
+        says = AGREEMENT[(cells[2].strip("—"), cells[5].strip("—"))] if judged else "—"
+        lines.append(f"| `{name}` | " + " | ".join(cells) + f" | {rank} | {says} |")
+    rho = spearman([m[0] for m in means], [m[1] for m in means])
+    return "\n".join(lines) + "\n", rho, len(both)
 
 
 def precisions(row: Row) -> str:
