@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from data import DATASETS, LOADERS
+from data import AUTO_AUGMENTS, DATASETS, LOADERS
 from models import ACTIVATIONS, HEADS, INITS, NORMS, POOLS
 from optim import OPTIMIZERS, SCHEDULERS
 from runtime import ConfigError, write_text
@@ -78,6 +78,7 @@ class DataConfig:
     pca_lighting: float = 0.0  # std of the paper's PCA colour lighting alpha (paper: 0.1); 0 = off
     color_jitter: float = 0.0  # strength of random brightness/contrast/saturation (e.g. 0.4); 0 = off
     cutout: int = 0  # side of a random square zeroed per image (pixels); 0 = off
+    auto_augment: str = choice("none", AUTO_AUGMENTS)  # trivial: TrivialAugmentWide per image, on the batch (data.TRIVIAL_OPS)
 
 
 @dataclass
@@ -413,7 +414,8 @@ RESUME_KEYS = ("train.epochs", "device", "data.root", "data.cache_dir", "data.lo
 # comparison axes and the recipe around them), never paths, logging or speed switches. Kept short enough
 # to read; a sweep adds the keys it varies. train.py adds the precision the run resolved to.
 EXPERIMENT_KEYS = ("name", "seed", "data.name", "data.subset", "data.batch_size", "data.crop_padding", "data.flip",
-                   "data.pca_lighting", "data.color_jitter", "data.cutout", "model.conv_channels", "model.fc_widths",
+                   "data.pca_lighting", "data.color_jitter", "data.cutout", "data.auto_augment",
+                   "model.conv_channels", "model.fc_widths",
                    "model.width_mult", "model.activation", "model.pool", "model.norm", "model.dropout", "model.head",
                    "model.init", "optim.name", "optim.lr", "optim.momentum", "optim.weight_decay",
                    "sched.name", "sched.milestones", "sched.warmup_epochs", "train.epochs", "train.label_smoothing")

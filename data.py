@@ -413,6 +413,93 @@ def cutout(x: torch.Tensor, size: int, gen: torch.Generator) -> torch.Tensor:
     return x.masked_fill(inside[..., None], 0.0)
 
 
+# TrivialAugmentWide's op list and "wide" magnitude ranges (Müller & Hutter 2021; torchvision's
+# TrivialAugmentWide): each op's magnitude at m in [0, 1]; signed ops also draw a sign. data.auto_augment
+# choices live here: "trivial" is this batched version (same ops and ranges; not bit-identical to
+# torchvision's per-image PIL/tensor code, e.g. equalize is the textbook CDF mapping).
+TRIVIAL_OPS = ("identity", "shear_x", "shear_y", "translate_x", "translate_y", "rotate", "brightness", "color",
+               "contrast", "sharpness", "posterize", "solarize", "autocontrast", "equalize")
+AUTO_AUGMENTS = ("none", "trivial")
+
+
+def _blend(x: torch.Tensor, other: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """other + factor * (x - other), clamped to [0, 1]: factor 1 is x, 0 is `other` (PIL's ImageEnhance)."""
+    return (other + factor * (x - other)).clamp(0, 1)
+
+
+def _geometry(x: torch.Tensor, op: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """Shear, translate and rotate as one per-image affine warp (nearest, zero fill); other ops: identity."""
+    B, H, W, _ = x.shape
+    theta = torch.zeros(B, 2, 3, device=x.device, dtype=x.dtype)
+    theta[:, 0, 0] = theta[:, 1, 1] = 1
+    k = {name: op == TRIVIAL_OPS.index(name) for name in ("shear_x", "shear_y", "translate_x", "translate_y", "rotate")}
+    shear, shift, angle = 0.99 * m, 32.0 * m, math.radians(135.0) * m  # wide: shear 0.99, 32 px, 135 degrees
+    theta[:, 0, 1] = torch.where(k["shear_x"], shear, theta[:, 0, 1])
+    theta[:, 1, 0] = torch.where(k["shear_y"], shear, theta[:, 1, 0])
+    theta[:, 0, 2] = torch.where(k["translate_x"], 2 * shift / W, theta[:, 0, 2])  # grid units: 2 = the width
+    theta[:, 1, 2] = torch.where(k["translate_y"], 2 * shift / H, theta[:, 1, 2])
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    rot = torch.stack([torch.stack([cos, -sin], 1), torch.stack([sin, cos], 1)], 1)  # (B, 2, 2)
+    theta[:, :, :2] = torch.where(k["rotate"][:, None, None], rot, theta[:, :, :2])
+    grid = F.affine_grid(theta, [B, 3, H, W], align_corners=False)
+    return F.grid_sample(x.permute(0, 3, 1, 2), grid, mode="nearest", padding_mode="zeros",
+                         align_corners=False).permute(0, 2, 3, 1)
+
+
+def _equalize(x: torch.Tensor) -> torch.Tensor:
+    """Per image and channel, map each level through its normalised cumulative histogram; x in [0, 1]."""
+    B, H, W, C = x.shape
+    levels = (x * 255).round().long().permute(0, 3, 1, 2).reshape(B, C, H * W)  # (B, C, HW)
+    hist = torch.zeros(B, C, 256, device=x.device).scatter_add_(2, levels, torch.ones_like(levels, dtype=torch.float))
+    cdf = hist.cumsum(2)
+    lo = torch.where(hist > 0, cdf, torch.full_like(cdf, float(H * W))).amin(2, keepdim=True)  # cdf at the lowest level
+    lut = ((cdf - lo) / (H * W - lo).clamp(min=1)).clamp(0, 1)
+    out = lut.gather(2, levels).reshape(B, C, H, W).permute(0, 2, 3, 1)
+    flat = (lo == H * W).reshape(B, 1, 1, C)  # a constant channel would map to 0: keep it as it was
+    return torch.where(flat, x, out)
+
+
+def trivial_ops(x: torch.Tensor, op: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """Apply op TRIVIAL_OPS[op[i]] at magnitude m[i] (signed: in [-1, 1]) to image i of (B, H, W, 3) floats in
+    [0, 1]. Every op runs on the whole batch and torch.where keeps each image's own: no per-image Python
+    and no host sync, at a few elementwise passes over the batch."""
+    pick = lambda name, y: torch.where((op == TRIVIAL_OPS.index(name))[:, None, None, None], y, out)  # noqa: E731
+    f = (1 + 0.99 * m)[:, None, None, None]  # enhance factors 0.01 .. 1.99
+    gray_w = torch.tensor([0.2989, 0.587, 0.114], device=x.device, dtype=x.dtype)  # torchvision's grayscale
+    gray = (x @ gray_w)[..., None]  # (B, H, W, 1)
+    out = _geometry(x, op, m)
+    out = pick("brightness", _blend(x, torch.zeros_like(x), f))
+    out = pick("color", _blend(x, gray, f))
+    out = pick("contrast", _blend(x, gray.mean((1, 2, 3), keepdim=True), f))
+    # PIL's SMOOTH kernel (centre 5, neighbours 1, / 13), border pixels kept, as ImageEnhance.Sharpness.
+    kernel = torch.ones(3, 1, 3, 3, device=x.device, dtype=x.dtype)
+    kernel[:, :, 1, 1] = 5
+    smooth = F.conv2d(x.permute(0, 3, 1, 2), kernel / 13, groups=3).permute(0, 2, 3, 1)
+    degenerate = x.clone()
+    degenerate[:, 1:-1, 1:-1] = smooth
+    out = pick("sharpness", _blend(x, degenerate, f))
+    bits = (8 - (6 * m.abs()).round()).long()  # wide: 8 .. 2 bits kept
+    mask = (255 - (2 ** (8 - bits) - 1))[:, None, None, None]
+    out = pick("posterize", ((x * 255).round().long() & mask).to(x.dtype) / 255)
+    threshold = (1 - m.abs())[:, None, None, None]  # wide: 1 (nothing) .. 0 (everything inverted)
+    out = pick("solarize", torch.where(x >= threshold, 1 - x, x))
+    lo, hi = x.amin((1, 2), keepdim=True), x.amax((1, 2), keepdim=True)
+    out = pick("autocontrast", torch.where(hi > lo, (x - lo) / (hi - lo).clamp(min=1e-8), x))
+    return pick("equalize", _equalize(x))
+
+
+def trivial_augment(x: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
+    """Batched TrivialAugmentWide: per image one op drawn uniformly from TRIVIAL_OPS at a magnitude drawn
+    uniformly from its 31 bins, with a random sign for the signed ops; x (B, H, W, 3) floats in [0, 1]."""
+    B = x.shape[0]
+    op = torch.randint(0, len(TRIVIAL_OPS), (B,), generator=gen, device=x.device)
+    m = torch.randint(0, 31, (B,), generator=gen, device=x.device).to(x.dtype) / 30  # bins 0, 1/30, .., 1
+    sign = torch.where(torch.rand(B, generator=gen, device=x.device) < 0.5, -1.0, 1.0).to(x.dtype)
+    signed = torch.tensor([n not in ("posterize", "solarize", "autocontrast", "equalize", "identity")
+                           for n in TRIVIAL_OPS], device=x.device)
+    return trivial_ops(x, op, torch.where(signed[op], m * sign, m))
+
+
 @dataclass(frozen=True)
 class Augment:
     """The random transforms applied to training batches on the device; the default applies none."""
@@ -421,12 +508,13 @@ class Augment:
     color_jitter: float = 0.0  # brightness/contrast/saturation strength
     pca_lighting: float = 0.0  # std of the PCA lighting alpha
     cutout: int = 0  # side of the zeroed square
+    auto_augment: str = "none"  # "trivial": TrivialAugmentWide per image (TRIVIAL_OPS)
 
 
 def train_augment(cfg: DataConfig, streamed: bool) -> Augment:
     """The device's share of the training augmentation: streamed batches arrive cropped and flipped."""
     return Augment(0 if streamed else cfg.crop_padding, cfg.flip and not streamed, cfg.color_jitter,
-                   cfg.pca_lighting, cfg.cutout)
+                   cfg.pca_lighting, cfg.cutout, cfg.auto_augment)
 
 
 def prepare(x: torch.Tensor, stats: Stats, aug: Augment = Augment(), gen: torch.Generator | None = None,
@@ -435,6 +523,8 @@ def prepare(x: torch.Tensor, stats: Stats, aug: Augment = Augment(), gen: torch.
     if aug.crop_padding or aug.flip:
         x = crop_flip(x, aug.crop_padding, aug.flip, gen)
     x = x.float().div_(255.0)
+    if aug.auto_augment == "trivial":  # after crop + flip and before normalising, as torchvision's recipes
+        x = trivial_augment(x, gen)
     if aug.color_jitter:
         x = color_jitter(x, aug.color_jitter, gen)
     if aug.pca_lighting:

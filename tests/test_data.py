@@ -190,6 +190,62 @@ def test_cutout_zeroes_a_square():
     assert D.train_augment(cfg, streamed=False) == D.Augment(crop_padding=4, flip=True, cutout=6)
 
 
+def _ops(x, name, m):
+    B = x.shape[0]
+    return D.trivial_ops(x, torch.full((B,), D.TRIVIAL_OPS.index(name)), torch.full((B,), float(m)))
+
+
+def test_trivial_augment_ops_match_torchvision_by_hand():
+    """Each batched TrivialAugmentWide op at a fixed magnitude against torchvision's functional op (or, for
+    the warps and equalize, against what the op must do), on (B, H, W, 3) floats in [0, 1]."""
+    import torchvision.transforms.v2.functional as TF
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (4, 16, 16, 3), generator=g).float() / 255
+    chw = x.permute(0, 3, 1, 2)
+    back = lambda y: y.permute(0, 2, 3, 1)  # noqa: E731
+    m = 0.5  # enhance factor 1 + 0.99 m
+    for name, ref in (("brightness", TF.adjust_brightness), ("color", TF.adjust_saturation),
+                      ("contrast", TF.adjust_contrast), ("sharpness", TF.adjust_sharpness)):
+        for sign in (1, -1):
+            want = back(torch.stack([ref(img, 1 + 0.99 * m * sign) for img in chw]))
+            assert torch.allclose(_ops(x, name, m * sign), want, atol=1e-5), name
+    assert torch.equal(_ops(x, "solarize", 0.25), back(TF.solarize(chw, 0.75)))
+    assert torch.allclose(_ops(x, "autocontrast", 0.7), back(TF.autocontrast(chw)), atol=1e-6)
+    u8 = (x * 255).round().to(torch.uint8).permute(0, 3, 1, 2)
+    assert torch.equal((_ops(x, "posterize", 0.5) * 255).round().to(torch.uint8), back(TF.posterize(u8, 5)))
+    assert torch.equal(_ops(x, "identity", 0.9), x) and torch.equal(_ops(x, "posterize", 0.0), x)
+    # Warps: 1/32 of the wide range is a one-pixel shift (zero fill); 90 of 135 degrees is an exact rot90.
+    shifted = _ops(x, "translate_x", 1 / 32)
+    assert torch.equal(shifted[:, :, :-1], x[:, :, 1:]) and torch.equal(shifted[:, :, -1], torch.zeros_like(x[:, :, -1]))
+    assert torch.equal(_ops(x, "translate_y", -1 / 32)[:, 1:], x[:, :-1])
+    turned = _ops(x, "rotate", 90 / 135)
+    assert any(torch.equal(turned, torch.rot90(x, k, (1, 2))) for k in (1, -1))
+    assert torch.equal(_ops(x, "shear_x", 0.0), x)
+    # Equalize: a flat channel stays flat; a two-level channel is stretched to the full range.
+    two = torch.zeros(1, 4, 4, 3)
+    two[:, :2] = 0.4
+    two[..., 2] = 0.3
+    eq = _ops(two, "equalize", 0.0)
+    assert torch.equal(eq[..., 2], two[..., 2]) and set(eq[..., 0].unique().tolist()) == {0.0, 1.0}
+
+
+def test_trivial_augment_is_per_image_seeded_and_on_the_batch_path():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randint(0, 256, (64, 12, 12, 3), generator=g, dtype=torch.uint8)
+    stats = D.Stats(torch.full((3,), 0.5), torch.full((3,), 0.25), torch.ones(3), torch.eye(3))
+    aug = D.Augment(auto_augment="trivial")
+    a = D.prepare(x, stats, aug, torch.Generator().manual_seed(3))
+    b = D.prepare(x, stats, aug, torch.Generator().manual_seed(3))
+    plain = D.prepare(x, stats)
+    assert a.shape == plain.shape == (64, 3, 12, 12) and a.dtype == torch.float32 and torch.equal(a, b)
+    changed = (a != plain).flatten(1).any(1)
+    assert 0.5 < changed.float().mean() < 1.0  # identity, zero magnitudes and the like leave some images alone
+    assert not torch.equal(a, D.prepare(x, stats, aug, torch.Generator().manual_seed(4)))
+    assert ((a * 0.25 + 0.5) >= -1e-6).all() and ((a * 0.25 + 0.5) <= 1 + 1e-6).all()  # still images in [0, 1]
+    assert D.train_augment(DataConfig(auto_augment="trivial"), streamed=True).auto_augment == "trivial"
+
+
 def test_tinyimagenet_download_failure_is_a_clear_error(tmp_path, monkeypatch):
     import torchvision.datasets.utils as U
 
