@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 import sweep
-from config import load_config, parse_overrides, to_dict
+from config import flatten, load_config, parse_overrides, to_dict
 from conftest import TINY
 from train import train
 
@@ -168,7 +168,7 @@ def test_shipped_sweep_files_validate():
     import glob
 
     ablations = sorted(os.path.basename(f)[:-5] for f in glob.glob("configs/ablations/*.yaml")
-                       if "seed_comparisons" not in f)
+                       if "seed_comparisons" not in f and "modern_variants" not in f)
     # One per comparison the lab exists for: each varies what its name says, over seeds 0-2.
     varies = {"activation": "model.activation", "augmentation": "data", "dropout": "model.dropout",
               "head": "model.head", "init": "model.init", "normalisation": "model.norm", "optimizer": "optim",
@@ -194,6 +194,21 @@ def test_shipped_sweep_files_validate():
     third, _ = sweep.load_sweep("configs/ablations/seed_comparisons_seed2.yaml")  # a third seed for some rows
     assert third.grid["seed"] == [2] and third.overrides == sw.overrides and third.base == sw.base
     assert third.grid["variant"][0] == {} and all(v in variants for v in third.grid["variant"])
+    # At the seed's own budget: every screening row, plus no weight decay, no momentum and the paper's init
+    # at the paper's lr; the full split, 20 epochs, the milestones at the recipe's fractions.
+    full, _ = sweep.load_sweep("configs/ablations/seed_comparisons_full.yaml")
+    assert list(full.grid) == ["seed", "variant"] and full.grid["seed"] == [0, 1] and len(full.grid["variant"]) >= 16
+    assert full.base == sw.base and all(v in full.grid["variant"] for v in variants)
+    assert {json.dumps(v, sort_keys=True) for v in full.grid["variant"] if v not in variants} == {
+        json.dumps(v, sort_keys=True) for v in ({"optim.weight_decay": 0.0}, {"optim.momentum": 0.0},
+                                                {"model.init": "paper", "optim.lr": 0.01})}
+    cfg = sweep.trial_config(base, full, [], {"variant": {}, "seed": 0})
+    assert (cfg.train.epochs, cfg.sched.milestones, cfg.data.subset) == (20, [10, 15], 0)
+    # Toward 90%: each row a real change from cifar10_modern, two seeds.
+    mv, _ = sweep.load_sweep("configs/ablations/modern_variants.yaml")
+    modern = flatten(to_dict(load_config("configs/cifar10_modern.yaml")))
+    assert mv.grid["seed"] == [0, 1] and mv.grid["variant"][0] == {}
+    assert all(any(modern[k] != v for k, v in var.items()) for var in mv.grid["variant"][1:])
     files = glob.glob("configs/ablations/*.yaml") + ["configs/sweep.yaml", "configs/sweep_quickstart.yaml"]
     for f in files:
         sw, base = sweep.load_sweep(f)
