@@ -179,8 +179,9 @@ def checkpoint_path(path: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="Evaluate an alexnet-lab checkpoint.")
-    ap.add_argument("overrides", nargs="+", metavar="CHECKPOINT [key=value ...]",
+    ap = argparse.ArgumentParser(description="Evaluate an alexnet-lab checkpoint.",
+                                 usage="%(prog)s CHECKPOINT [key=value ...] [options, in any order]")
+    ap.add_argument("overrides", nargs="+", metavar="CHECKPOINT key=value",
                     help="a checkpoint file, or a run folder (scores its best.pt), and dotted overrides in any order")
     ap.add_argument("--split", choices=["val", "train", "test"], default="val",
                     help="val: the run's held-out split (default); train: the images it trained on, "

@@ -315,7 +315,7 @@ def budgets_section(screen: list, full: list, screen_records: list[dict]) -> str
     return (f"\n**The screening budget against this one.** Screening: {budget['train']['epochs']} epochs on "
             f"{budget['data']['subset'] or 'all'} training images, {len(screen_records)} records in "
             f"`docs/results/{SCREEN}/`. Spearman's rank correlation of the rows' mean final validation top-1 "
-            f"at the two budgets, over the {n} rows both have: "
+            f"at the two budgets, over the {n} row{'s' if n != 1 else ''} both have: "
             f"{'ρ = ' + format(rho, '.3f') if rho is not None else 'not defined yet (fewer than 3 rows)'}. "
             "A verdict needs a difference beyond twice its standard error at that budget.\n\n" + text)
 
