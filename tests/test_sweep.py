@@ -6,6 +6,7 @@ import optuna
 import pytest
 import yaml
 
+import report
 import sweep
 from config import flatten, load_config, parse_overrides, to_dict
 from conftest import TINY
@@ -204,6 +205,10 @@ def test_shipped_sweep_files_validate():
                                                 {"model.init": "paper", "optim.lr": 0.01})}
     cfg = sweep.trial_config(base, full, [], {"variant": {}, "seed": 0})
     assert (cfg.train.epochs, cfg.sched.milestones, cfg.data.subset) == (20, [10, 15], 0)
+    third, _ = sweep.load_sweep("configs/ablations/seed_comparisons_full_seed2.yaml")  # its third seed
+    assert third.grid["seed"] == [2] and third.overrides == full.overrides and third.base == full.base
+    assert third.grid["variant"][0] == {} and all(v in full.grid["variant"] for v in third.grid["variant"])
+    assert report.section_of("runs/sweeps/" + third.study) == report.FULL  # its records join the full section
     # Toward 90%: each row a real change from cifar10_modern, two seeds.
     mv, _ = sweep.load_sweep("configs/ablations/modern_variants.yaml")
     modern = flatten(to_dict(load_config("configs/cifar10_modern.yaml")))
